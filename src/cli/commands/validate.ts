@@ -1,0 +1,22 @@
+import { Command } from "commander";
+import { loadLab } from "../../lab/load.js";
+import { formatProblem } from "../../lab/problems.js";
+import { printJson, say, type CliContext } from "../context.js";
+
+export function validateCommand(ctx: CliContext): Command {
+  return new Command("validate")
+    .description(
+      "check a lab file: exit 0 when valid, 2 when not, naming every bad field with its line",
+    )
+    .argument("<lab>", "a built-in lab name (see `k8slab labs`) or a path to a lab file")
+    .option("--json", "print the result as JSON on stdout")
+    .action(async (ref: string, opts: { json?: boolean }) => {
+      const { lab, file, warnings } = await loadLab(ref, { cwd: ctx.cwd });
+      if (opts.json) return printJson(ctx, { valid: true, file, name: lab.name, warnings });
+      for (const w of warnings) say(ctx, formatProblem(w));
+      say(
+        ctx,
+        `${file}: lab ${lab.name} is valid (${lab.nodes.length} node${lab.nodes.length === 1 ? "" : "s"})`,
+      );
+    });
+}

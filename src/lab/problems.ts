@@ -1,0 +1,37 @@
+import { K8slabError } from "../errors.js";
+
+/** One thing wrong (or worth a warning) in a lab file, pinned to where it is. */
+export interface Problem {
+  severity: "error" | "warning";
+  /** Dotted path inside the document, e.g. `nodes.1.ip`; empty for the whole document. */
+  path: string;
+  message: string;
+  hint?: string;
+  file?: string;
+  line?: number;
+  col?: number;
+}
+
+export function formatProblem(p: Problem): string {
+  const where = [p.file, p.line, p.col].filter((x) => x !== undefined).join(":");
+  const severity = p.severity === "warning" ? "warning: " : "";
+  const head = [where, p.path].filter((s) => s !== "" && s !== undefined).join(" ");
+  const hint = p.hint ? `\n    hint: ${p.hint}` : "";
+  return `${head ? `${head}: ` : ""}${severity}${p.message}${hint}`;
+}
+
+/** A lab file with errors: every problem is carried, not just the first. Exit code 2. */
+export class LabInvalidError extends K8slabError {
+  readonly problems: Problem[];
+
+  constructor(file: string, problems: Problem[]) {
+    const errors = problems.filter((p) => p.severity === "error");
+    super(
+      `${file} is not a valid lab (${errors.length} error${errors.length === 1 ? "" : "s"}):\n` +
+        problems.map((p) => `  ${formatProblem(p)}`).join("\n"),
+      { exitCode: 2, hint: `fix the lines above, then run: k8slab validate ${file}` },
+    );
+    this.name = "LabInvalidError";
+    this.problems = problems;
+  }
+}

@@ -1,0 +1,197 @@
+import { z } from "zod";
+
+/**
+ * The lab file format. This one schema gives the TypeScript type (`Lab`), the validation, and the
+ * generated `labs/schema.json` that editors use through `# yaml-language-server: $schema=`.
+ * Cross-field rules (overlaps, duplicates, quorum) live in rules.ts.
+ */
+
+/** DNS-1123 label: what Kubernetes and Vagrant accept as a node or lab name. */
+export const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const CIDR =
+  /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/(3[0-2]|[12]?\d)$/;
+/** Plain version strings: v1.9.3, 1.13.1, 3.2.18, 1.14.8. */
+const VERSION = /^v?\d+(\.\d+){0,3}([-+][0-9A-Za-z.-]{1,40})?$/;
+/** Box names as Vagrant Cloud writes them (ubuntu/xenial64) or a plain local name. */
+const BOX = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\/[A-Za-z0-9][A-Za-z0-9._-]{0,99})?$/;
+/** Container image references: registry/path:tag with no shell metacharacters. */
+const IMAGE = /^[a-z0-9][a-z0-9._\-/:]{0,254}(@sha256:[a-f0-9]{64})?$/;
+/** Label keys (optional DNS prefix) and values as Kubernetes allows them. */
+const LABEL_KEY =
+  /^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+const HOSTNAME =
+  /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*(:\d{1,5})?$/;
+const ENV_NAME = /^[A-Z_][A-Z0-9_]{0,63}$/;
+/** Relative or absolute paths made of ordinary characters only. */
+const PLAIN_PATH = /^[A-Za-z0-9._~/-]{1,255}$/;
+const SHA256 = /^[a-f0-9]{64}$/;
+
+const ipv4 = z.string().regex(IPV4, "must be an IPv4 address such as 192.168.56.10");
+const cidr = z.string().regex(CIDR, "must be an IPv4 CIDR such as 10.1.0.0/16");
+const version = z.string().regex(VERSION, "must be a version such as v1.9.3 or 3.2.18");
+const image = z.string().regex(IMAGE, "must be an image reference such as registry/name:tag");
+const dnsLabel = z
+  .string()
+  .regex(DNS_LABEL, "must be a DNS-1123 label: lowercase letters, digits and '-', at most 63");
+
+export const ROLES = ["etcd", "control-plane", "worker"] as const;
+export const role = z.enum(ROLES);
+export type Role = z.infer<typeof role>;
+
+export const PROVIDERS = ["virtualbox", "libvirt"] as const;
+
+const node = z
+  .strictObject({
+    name: dnsLabel.describe("Hostname of the VM and the Kubernetes node name."),
+    ip: ipv4.describe("Static address on the host-only network (the VM's private NIC)."),
+    memory: z.number().int().min(256).max(65536).default(1024).describe("Memory in MB."),
+    cpus: z.number().int().min(1).max(32).default(1),
+    roles: z
+      .array(role)
+      .min(1, "a node needs at least one role")
+      .refine((r) => new Set(r).size === r.length, "roles must not repeat")
+      .describe("What runs on the node: etcd, control-plane, worker."),
+    labels: z
+      .record(
+        z.string().regex(LABEL_KEY, "must be a Kubernetes label key"),
+        z.string().regex(LABEL_VALUE, "must be a Kubernetes label value"),
+      )
+      .default({})
+      .describe("Kubernetes node labels (seed 003)."),
+  })
+  .describe("One VM.");
+
+const artifact = z.strictObject({
+  url: z
+    .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
+    .max(2048)
+    .refine((u) => !/['"`$\\\s<>]/.test(u), "must not contain quotes, spaces, '$' or backslashes"),
+  sha256: z.string().regex(SHA256, "must be 64 lowercase hex digits"),
+});
+
+export const labSchema = z
+  .strictObject({
+    name: dnsLabel.describe(
+      "The lab's name. It names the lab directory, the kubeconfig cluster and context.",
+    ),
+    description: z
+      .string()
+      .max(500)
+      .regex(/^[^\n\r]*$/, "must be a single line")
+      .optional(),
+    box: z
+      .strictObject({
+        name: z.string().regex(BOX, "must be a box name such as ubuntu/xenial64"),
+        version: z
+          .string()
+          .regex(
+            /^[0-9<>=~!][0-9A-Za-z.<>=~!, -]{0,40}$/,
+            "must be a box version constraint such as 20180309.0.0 or >= 2.0",
+          )
+          .optional(),
+        url: z
+          .string()
+          .regex(/^(https?|file):\/\/[^\s'"`$\\]{1,2000}$/, "must be an http(s) or file URL")
+          .optional()
+          .describe("Where to fetch the box from when it is not in a catalogue."),
+      })
+      .default({ name: "ubuntu/xenial64" }),
+    provider: z
+      .strictObject({
+        name: z.enum(PROVIDERS).default("virtualbox"),
+        libvirt: z
+          .strictObject({
+            driver: z
+              .enum(["auto", "kvm", "qemu"])
+              .default("auto")
+              .describe("kvm when hardware virtualisation works, qemu (software) otherwise."),
+          })
+          .default({ driver: "auto" }),
+      })
+      .default({ name: "virtualbox", libvirt: { driver: "auto" } }),
+    network: z.strictObject({
+      hostOnly: cidr.describe("The host-only (private) network every node sits on."),
+      interface: z
+        .string()
+        .regex(/^[a-z][a-z0-9]{0,14}$/, "must be an interface name such as eth1")
+        .default("eth1")
+        .describe("The private NIC inside the VMs; never Vagrant's NAT eth0."),
+    }),
+    nodes: z.array(node).min(1, "a lab needs at least one node").max(32),
+    versions: z
+      .strictObject({
+        kubernetes: version,
+        etcd: version,
+        flannel: version,
+        docker: version,
+        kubeDns: version,
+        dashboard: version,
+      })
+      .describe("Component versions."),
+    images: z
+      .strictObject({
+        hyperkube: image,
+        pause: image,
+        kubeDns: image.optional(),
+        dnsmasq: image.optional(),
+        dnsSidecar: image.optional(),
+        dashboard: image.optional(),
+      })
+      .describe("Container images the cluster runs."),
+    cluster: z.strictObject({
+      podNetwork: cidr.describe("flannel's network; every node gets a subnet of it."),
+      podSubnetLength: z.number().int().min(16).max(28).default(24),
+      flannelBackend: z.enum(["vxlan", "udp", "host-gw"]).default("vxlan"),
+      serviceNetwork: cidr,
+      dnsIp: ipv4.describe("kube-dns service address, inside serviceNetwork."),
+      domain: z
+        .string()
+        .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/)
+        .max(253)
+        .default("cluster.local"),
+      schedulableMaster: z
+        .boolean()
+        .default(false)
+        .describe("Register the control-plane node as a schedulable node (seed 000)."),
+    }),
+    addons: z
+      .array(z.enum(["kube-dns", "dashboard"]))
+      .default([])
+      .refine((a) => new Set(a).size === a.length, "addons must not repeat"),
+    registry: z
+      .strictObject({
+        server: z.string().regex(HOSTNAME, "must be a registry host[:port]"),
+        username: z.string().regex(/^[A-Za-z0-9._@-]{1,128}$/, "must be a plain user name"),
+        passwordEnv: z
+          .string()
+          .regex(ENV_NAME, "must be an environment variable name such as REGISTRY_PASSWORD")
+          .optional()
+          .describe("Read the password from this environment variable of the host."),
+        passwordFile: z
+          .string()
+          .regex(PLAIN_PATH, "must be a plain path")
+          .optional()
+          .describe("Or from this file on the host, relative to the lab file."),
+      })
+      .refine((r) => (r.passwordEnv === undefined) !== (r.passwordFile === undefined), {
+        message: "give exactly one of passwordEnv or passwordFile",
+      })
+      .optional()
+      .describe("A private registry credential reference (seed 003); never the password itself."),
+    artifacts: z
+      .record(z.string().regex(/^[a-z][a-z0-9-]{0,40}$/, "must be a plain artifact name"), artifact)
+      .default({})
+      .describe("What to download once on the host, verify and serve to the VMs."),
+    pki: z
+      .strictObject({
+        validityDays: z.number().int().min(1).max(3650).default(365),
+      })
+      .default({ validityDays: 365 }),
+  })
+  .describe("A k8slab lab file.");
+
+export type Lab = z.infer<typeof labSchema>;
+export type LabInput = z.input<typeof labSchema>;
+export type LabNode = Lab["nodes"][number];

@@ -1,0 +1,416 @@
+import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { K8slabError } from "../errors.js";
+import { planNodeBundle } from "./bundles.js";
+import type { CertSpec } from "./cert-specs.js";
+import {
+  caCommonName,
+  planCertificates,
+  SERVICE_ACCOUNT,
+  specDifferences,
+} from "./cert-specs.js";
+import type { CertificateAuthority, KeyPairPem } from "./certs.js";
+import {
+  createCaCertificate,
+  generateRsaKeyPair,
+  issueCertificate,
+  loadCertificateAuthority,
+  publicKeyPemOf,
+  validityFrom,
+} from "./certs.js";
+import { planKubeconfigs, renderKubeconfig } from "./kubeconfig.js";
+import type { CertRecord, Manifest } from "./store.js";
+import {
+  certFile,
+  ensureDir,
+  keyFile,
+  listDir,
+  MANIFEST_FILE,
+  nodesDir,
+  pkiDir,
+  PUBLIC_MODE,
+  readManifest,
+  readTextIfExists,
+  removeFile,
+  renderManifest,
+  SECRET_MODE,
+  writeIfChanged,
+} from "./store.js";
+import type { PkiTopology } from "./topology.js";
+import { validateTopology } from "./topology.js";
+
+export interface PkiResult {
+  /** `<labDir>/pki` */
+  dir: string;
+  /** Names newly issued ("ca", "service-account" and certificate names; first run: all). */
+  created: string[];
+  /** Existing certificates re-issued from the same CA, with a human reason. */
+  reissued: { name: string; reason: string }[];
+  reused: string[];
+  /** Certificates of nodes (or roles) no longer in the topology. */
+  removed: string[];
+}
+
+export interface EnsurePkiOptions {
+  now?: Date;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+const CA_NAME = "ca";
+/** The CA outlives the certificates it signs, so renewing a leaf never needs a new CA. */
+const CA_VALIDITY_FACTOR = 10;
+const RENEW_WITHIN_DAYS = 30;
+
+/** Renew 30 days before expiry, or after two thirds of the lifetime for short-lived labs. */
+export function renewWithinMs(validityDays: number): number {
+  return Math.min(RENEW_WITHIN_DAYS, validityDays / 3) * DAY_MS;
+}
+
+interface Existing {
+  certPem: string;
+  keyPem: string;
+}
+
+type Decision =
+  | { kind: "reuse"; existing: Existing; record: CertRecord }
+  | { kind: "create" }
+  | { kind: "reissue"; reason: string };
+
+function fingerprint(x509: X509Certificate): string {
+  return x509.fingerprint256;
+}
+
+function isoDate(date: Date): string {
+  return date.toISOString().slice(0, 10);
+}
+
+function missingCaKeyError(dir: string, what: string): K8slabError {
+  return new K8slabError(
+    `${what} in ${dir}, so no certificate of this lab can be issued or re-issued`,
+    {
+      hint:
+        `restore ca-key.pem (and ca.pem) from a backup into ${dir}; or, to start over with a new ` +
+        `CA, remove ${dir} and run \`k8slab provision\` so every VM receives the new certificates`,
+    },
+  );
+}
+
+async function loadOrCreateCa(
+  dir: string,
+  topology: PkiTopology,
+  manifest: Manifest | undefined,
+  now: Date,
+  result: PkiResult,
+  takeKeys: KeySource,
+): Promise<CertificateAuthority> {
+  const [certPem, keyPem] = await Promise.all([
+    readTextIfExists(join(dir, certFile(CA_NAME))),
+    readTextIfExists(join(dir, keyFile(CA_NAME))),
+  ]);
+  if (certPem !== undefined && keyPem !== undefined) {
+    const ca = loadCertificateAuthority(certPem, keyPem);
+    if (!ca.x509.checkPrivateKey(ca.key)) {
+      throw new K8slabError(`${join(dir, "ca-key.pem")} does not belong to ${join(dir, "ca.pem")}`, {
+        hint: `restore the matching pair from a backup, or remove ${dir} to start over with a new CA`,
+      });
+    }
+    const notAfter = new Date(ca.x509.validTo);
+    if (notAfter <= now) {
+      throw new K8slabError(`the lab CA in ${dir} expired on ${isoDate(notAfter)}`, {
+        hint: `remove ${dir} and run \`k8slab provision\` so every VM receives certificates from a new CA`,
+      });
+    }
+    result.reused.push(CA_NAME);
+    return ca;
+  }
+  if (keyPem === undefined && certPem !== undefined) {
+    throw missingCaKeyError(dir, "ca-key.pem is missing but ca.pem exists");
+  }
+  if (keyPem !== undefined) {
+    throw missingCaKeyError(dir, "ca.pem is missing but ca-key.pem exists");
+  }
+  const leftovers = (await listDir(dir)).filter((f) => f.endsWith(".pem"));
+  const recorded = Object.keys(manifest?.certs ?? {});
+  if (leftovers.length > 0 || recorded.length > 0) {
+    throw missingCaKeyError(
+      dir,
+      `ca.pem and ca-key.pem are missing but ${Math.max(leftovers.length, recorded.length)} other PKI files exist`,
+    );
+  }
+  const keys = await takeKeys();
+  const caValidity = validityFrom(now, topology.validityDays * CA_VALIDITY_FACTOR);
+  const newCertPem = createCaCertificate(
+    keys,
+    { commonName: caCommonName(topology), organizations: ["k8slab"] },
+    caValidity,
+  );
+  await writeIfChanged(join(dir, keyFile(CA_NAME)), keys.privateKeyPem, SECRET_MODE);
+  await writeIfChanged(join(dir, certFile(CA_NAME)), newCertPem, PUBLIC_MODE);
+  result.created.push(CA_NAME);
+  return loadCertificateAuthority(newCertPem, keys.privateKeyPem);
+}
+
+async function decide(
+  dir: string,
+  spec: CertSpec,
+  record: CertRecord | undefined,
+  ca: CertificateAuthority,
+  now: Date,
+  validityDays: number,
+): Promise<Decision> {
+  const [certPem, keyPem] = await Promise.all([
+    readTextIfExists(join(dir, certFile(spec.name))),
+    readTextIfExists(join(dir, keyFile(spec.name))),
+  ]);
+  if (certPem === undefined && keyPem === undefined && record === undefined) {
+    return { kind: "create" };
+  }
+  const reissue = (reason: string): Decision => ({ kind: "reissue", reason });
+  if (certPem === undefined) return reissue(`${certFile(spec.name)} is missing`);
+  if (keyPem === undefined) return reissue(`${keyFile(spec.name)} is missing`);
+  if (record === undefined) return reissue(`not recorded in ${MANIFEST_FILE}`);
+
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(certPem);
+  } catch {
+    return reissue(`${certFile(spec.name)} is not a readable certificate`);
+  }
+  if (fingerprint(x509) !== record.sha256) {
+    return reissue(`${certFile(spec.name)} differs from the certificate recorded in ${MANIFEST_FILE}`);
+  }
+  if (!x509.checkIssued(ca.x509) || !x509.verify(ca.x509.publicKey)) {
+    return reissue("not signed by the lab CA");
+  }
+  try {
+    if (!x509.checkPrivateKey(createPrivateKey(keyPem))) {
+      return reissue(`${keyFile(spec.name)} does not match the certificate`);
+    }
+  } catch {
+    return reissue(`${keyFile(spec.name)} is not a readable private key`);
+  }
+  const changes = specDifferences(record, spec);
+  if (changes.length > 0) return reissue(changes.join("; "));
+  const notAfter = new Date(x509.validTo);
+  const left = notAfter.getTime() - now.getTime();
+  if (left <= 0) return reissue(`expired on ${isoDate(notAfter)}`);
+  if (left < renewWithinMs(validityDays)) {
+    return reissue(`expires in ${Math.floor(left / DAY_MS)} days (${isoDate(notAfter)})`);
+  }
+  return { kind: "reuse", existing: { certPem, keyPem }, record };
+}
+
+function recordFor(spec: CertSpec, certPem: string): CertRecord {
+  const x509 = new X509Certificate(certPem);
+  return {
+    ...(spec.node === undefined ? {} : { node: spec.node }),
+    subject: { commonName: spec.subject.commonName, organizations: [...spec.subject.organizations] },
+    sans: { dns: [...spec.sans.dns], ips: [...spec.sans.ips] },
+    keyUsage: [...spec.keyUsage],
+    extKeyUsage: [...spec.extKeyUsage],
+    serial: x509.serialNumber.toLowerCase(),
+    notBefore: new Date(x509.validFrom).toISOString(),
+    notAfter: new Date(x509.validTo).toISOString(),
+    sha256: fingerprint(x509),
+  };
+}
+
+function caRecord(ca: CertificateAuthority, topology: PkiTopology): Manifest["ca"] {
+  return {
+    subject: { commonName: caCommonName(topology), organizations: ["k8slab"] },
+    serial: ca.x509.serialNumber.toLowerCase(),
+    notBefore: new Date(ca.x509.validFrom).toISOString(),
+    notAfter: new Date(ca.x509.validTo).toISOString(),
+    sha256: fingerprint(ca.x509),
+  };
+}
+
+async function ensureServiceAccount(
+  dir: string,
+  result: PkiResult,
+  takeKeys: KeySource,
+): Promise<KeyPairPem> {
+  const publicPath = join(dir, certFile(SERVICE_ACCOUNT));
+  const privatePath = join(dir, keyFile(SERVICE_ACCOUNT));
+  const [publicKeyPem, privateKeyPem] = await Promise.all([
+    readTextIfExists(publicPath),
+    readTextIfExists(privatePath),
+  ]);
+  let reason: string | undefined;
+  if (publicKeyPem !== undefined && privateKeyPem !== undefined) {
+    try {
+      if (publicKeyPemOf(privateKeyPem) === publicKeyPem) {
+        result.reused.push(SERVICE_ACCOUNT);
+        return { publicKeyPem, privateKeyPem };
+      }
+      reason = `${certFile(SERVICE_ACCOUNT)} does not match ${keyFile(SERVICE_ACCOUNT)}`;
+    } catch {
+      reason = `${keyFile(SERVICE_ACCOUNT)} is not a readable private key`;
+    }
+  } else if (publicKeyPem !== undefined || privateKeyPem !== undefined) {
+    reason = `${publicKeyPem === undefined ? certFile(SERVICE_ACCOUNT) : keyFile(SERVICE_ACCOUNT)} is missing`;
+  }
+  const keys = await takeKeys();
+  await writeIfChanged(privatePath, keys.privateKeyPem, SECRET_MODE);
+  await writeIfChanged(publicPath, keys.publicKeyPem, PUBLIC_MODE);
+  if (reason === undefined) result.created.push(SERVICE_ACCOUNT);
+  else result.reissued.push({ name: SERVICE_ACCOUNT, reason: `${reason}; new key pair` });
+  return keys;
+}
+
+type KeySource = () => Promise<KeyPairPem>;
+
+/**
+ * Hands out RSA key pairs. On a fresh PKI every key is needed, so all generations start at once
+ * and run in parallel on libuv's thread pool, overlapping with the CA's.
+ */
+function keySource(prestart: number): KeySource {
+  const ready = Array.from({ length: prestart }, () => {
+    const promise = generateRsaKeyPair();
+    promise.catch(() => undefined); // reported to whoever takes it; never unhandled
+    return promise;
+  });
+  return () => ready.shift() ?? generateRsaKeyPair();
+}
+
+/**
+ * Make `<labDir>/pki` match the topology: keep the CA and every certificate whose spec is
+ * unchanged and that is not close to expiry (their bytes do not change), re-issue from the same
+ * CA what changed, remove what belongs to nodes no longer there, and refresh kubeconfigs and the
+ * per-node bundles.
+ */
+export async function ensurePki(
+  labDir: string,
+  topology: PkiTopology,
+  options: EnsurePkiOptions = {},
+): Promise<PkiResult> {
+  validateTopology(topology);
+  const now = options.now ?? new Date();
+  const dir = pkiDir(labDir);
+  await ensureDir(dir);
+  const manifest = await readManifest(dir);
+  const result: PkiResult = { dir, created: [], reissued: [], reused: [], removed: [] };
+  const specs = planCertificates(topology);
+
+  const fresh = manifest === undefined && (await listDir(dir)).every((f) => !f.endsWith(".pem"));
+  const takeKeys = keySource(fresh ? specs.length + 2 : 0);
+  const ca = await loadOrCreateCa(dir, topology, manifest, now, result, takeKeys);
+
+  const decisions = await Promise.all(
+    specs.map((spec) =>
+      decide(dir, spec, manifest?.certs[spec.name], ca, now, topology.validityDays),
+    ),
+  );
+  const saPromise = ensureServiceAccount(dir, result, takeKeys);
+
+  const leafValidity = validityFrom(now, topology.validityDays, new Date(ca.x509.validTo));
+  const pems = new Map<string, Existing>();
+  const records: Record<string, CertRecord> = {};
+  await Promise.all(
+    specs.map(async (spec, i) => {
+      const decision = decisions[i]!;
+      if (decision.kind === "reuse") {
+        pems.set(spec.name, decision.existing);
+        records[spec.name] = decision.record;
+        result.reused.push(spec.name);
+        return;
+      }
+      const keys = await takeKeys();
+      const certPem = issueCertificate(spec, keys.publicKeyPem, ca, leafValidity);
+      await writeIfChanged(join(dir, keyFile(spec.name)), keys.privateKeyPem, SECRET_MODE);
+      await writeIfChanged(join(dir, certFile(spec.name)), certPem, PUBLIC_MODE);
+      pems.set(spec.name, { certPem, keyPem: keys.privateKeyPem });
+      records[spec.name] = recordFor(spec, certPem);
+      if (decision.kind === "create") result.created.push(spec.name);
+      else result.reissued.push({ name: spec.name, reason: decision.reason });
+    }),
+  );
+  const serviceAccount = await saPromise;
+
+  const planned = new Set(specs.map((s) => s.name));
+  for (const name of Object.keys(manifest?.certs ?? {})) {
+    if (planned.has(name)) continue;
+    await removeFile(join(dir, certFile(name)));
+    await removeFile(join(dir, keyFile(name)));
+    result.removed.push(name);
+  }
+
+  const orderedRecords = Object.fromEntries(specs.map((s) => [s.name, records[s.name]!]));
+  const newManifest: Manifest = {
+    version: 1,
+    ca: caRecord(ca, topology),
+    serviceAccount: {
+      publicKeySha256: createHash("sha256").update(serviceAccount.publicKeyPem).digest("hex"),
+    },
+    certs: orderedRecords,
+  };
+  await writeIfChanged(join(dir, MANIFEST_FILE), renderManifest(newManifest), PUBLIC_MODE);
+
+  const files = new Map<string, { content: string; mode: number }>();
+  files.set(certFile(CA_NAME), { content: ca.certPem, mode: PUBLIC_MODE });
+  for (const [name, pem] of pems) {
+    files.set(certFile(name), { content: pem.certPem, mode: PUBLIC_MODE });
+    files.set(keyFile(name), { content: pem.keyPem, mode: SECRET_MODE });
+  }
+  files.set(certFile(SERVICE_ACCOUNT), { content: serviceAccount.publicKeyPem, mode: PUBLIC_MODE });
+  files.set(keyFile(SERVICE_ACCOUNT), { content: serviceAccount.privateKeyPem, mode: SECRET_MODE });
+  const kubeconfigs = planKubeconfigs(topology);
+  for (const plan of kubeconfigs) {
+    const pem = pems.get(plan.cert)!;
+    const content = renderKubeconfig({
+      clusterName: topology.labName,
+      server: plan.server,
+      userName: plan.userName,
+      caPem: ca.certPem,
+      certPem: pem.certPem,
+      keyPem: pem.keyPem,
+    });
+    files.set(plan.file, { content, mode: SECRET_MODE });
+  }
+
+  // Every file in the pki directory gets its mode checked; only kubeconfigs may change bytes.
+  await Promise.all(
+    [...files].map(([file, { content, mode }]) => writeIfChanged(join(dir, file), content, mode)),
+  );
+  const wantedKubeconfigs = new Set(kubeconfigs.map((k) => k.file));
+  for (const file of await listDir(dir)) {
+    if (file.endsWith(".kubeconfig") && !wantedKubeconfigs.has(file)) {
+      await removeFile(join(dir, file));
+    }
+  }
+
+  await syncBundles(labDir, topology, files);
+  return result;
+}
+
+async function syncBundles(
+  labDir: string,
+  topology: PkiTopology,
+  files: ReadonlyMap<string, { content: string; mode: number }>,
+): Promise<void> {
+  const root = nodesDir(labDir);
+  await ensureDir(root);
+  const wantedNodes = new Set(topology.nodes.map((n) => n.name));
+  for (const entry of await listDir(root)) {
+    if (!wantedNodes.has(entry)) await rm(join(root, entry), { recursive: true, force: true });
+  }
+  await Promise.all(
+    topology.nodes.map(async (node) => {
+      const dir = join(root, node.name);
+      await ensureDir(dir);
+      const wanted = planNodeBundle(node);
+      await Promise.all(
+        wanted.map((file) => {
+          const source = files.get(file);
+          if (source === undefined) throw new Error(`bundle file ${file} was not produced`);
+          return writeIfChanged(join(dir, file), source.content, source.mode);
+        }),
+      );
+      const keep = new Set(wanted);
+      for (const file of await listDir(dir)) {
+        if (!keep.has(file)) await rm(join(dir, file), { recursive: true, force: true });
+      }
+    }),
+  );
+}

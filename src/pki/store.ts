@@ -1,0 +1,159 @@
+import { randomBytes } from "node:crypto";
+import { chmod, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { z } from "zod";
+import { K8slabError } from "../errors.js";
+
+/** Private keys and kubeconfigs that embed one. */
+export const SECRET_MODE = 0o600;
+export const PUBLIC_MODE = 0o644;
+export const DIR_MODE = 0o700;
+
+export function pkiDir(labDir: string): string {
+  return join(labDir, "pki");
+}
+
+export function nodesDir(labDir: string): string {
+  return join(pkiDir(labDir), "nodes");
+}
+
+export function certFile(name: string): string {
+  return `${name}.pem`;
+}
+
+export function keyFile(name: string): string {
+  return `${name}-key.pem`;
+}
+
+export function isNotFound(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
+}
+
+export async function readTextIfExists(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, "utf8");
+  } catch (error) {
+    if (isNotFound(error)) return undefined;
+    throw error;
+  }
+}
+
+export async function ensureDir(path: string): Promise<void> {
+  await mkdir(path, { recursive: true, mode: DIR_MODE });
+  await chmod(path, DIR_MODE);
+}
+
+/**
+ * Write through a temporary file in the same directory and rename it into place, so a reader
+ * sees the old or the new content and never half a key. The mode is set explicitly, whatever
+ * the umask.
+ */
+export async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
+  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const handle = await open(temp, "wx", mode);
+  try {
+    try {
+      await handle.writeFile(content, "utf8");
+      await handle.chmod(mode);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, path);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+/** Write only when the bytes differ (so unchanged files keep their bytes and mtime); fix the mode. */
+export async function writeIfChanged(path: string, content: string, mode: number): Promise<boolean> {
+  const current = await readTextIfExists(path);
+  if (current === content) {
+    const { mode: actual } = await stat(path);
+    if ((actual & 0o777) !== mode) await chmod(path, mode);
+    return false;
+  }
+  await writeFileAtomic(path, content, mode);
+  return true;
+}
+
+export async function removeFile(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (error) {
+    if (isNotFound(error)) return false;
+    throw error;
+  }
+}
+
+export async function listDir(path: string): Promise<string[]> {
+  try {
+    return (await readdir(path)).sort();
+  } catch (error) {
+    if (isNotFound(error)) return [];
+    throw error;
+  }
+}
+
+const subjectSchema = z.object({
+  commonName: z.string(),
+  organizations: z.array(z.string()),
+});
+
+const certRecordSchema = z.object({
+  node: z.string().optional(),
+  subject: subjectSchema,
+  sans: z.object({ dns: z.array(z.string()), ips: z.array(z.string()) }),
+  keyUsage: z.array(z.enum(["digitalSignature", "keyEncipherment", "keyCertSign", "cRLSign"])),
+  extKeyUsage: z.array(z.enum(["serverAuth", "clientAuth"])),
+  serial: z.string(),
+  notBefore: z.string(),
+  notAfter: z.string(),
+  sha256: z.string(),
+});
+
+const manifestSchema = z.object({
+  version: z.literal(1),
+  ca: z.object({
+    subject: subjectSchema,
+    serial: z.string(),
+    notBefore: z.string(),
+    notAfter: z.string(),
+    sha256: z.string(),
+  }),
+  serviceAccount: z.object({ publicKeySha256: z.string() }).optional(),
+  certs: z.record(z.string(), certRecordSchema),
+});
+
+export type CertRecord = z.infer<typeof certRecordSchema>;
+export type Manifest = z.infer<typeof manifestSchema>;
+
+export const MANIFEST_FILE = "manifest.json";
+
+export async function readManifest(dir: string): Promise<Manifest | undefined> {
+  const path = join(dir, MANIFEST_FILE);
+  const text = await readTextIfExists(path);
+  if (text === undefined) return undefined;
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw corruptManifest(path, error);
+  }
+  const parsed = manifestSchema.safeParse(data);
+  if (!parsed.success) throw corruptManifest(path, parsed.error);
+  return parsed.data;
+}
+
+function corruptManifest(path: string, cause: unknown): K8slabError {
+  return new K8slabError(`${path} is not a valid k8slab PKI manifest`, {
+    hint: `remove ${path} and run the command again: the CA is kept and every other certificate is re-issued from it`,
+    cause,
+  });
+}
+
+export function renderManifest(manifest: Manifest): string {
+  return `${JSON.stringify(manifest, null, 2)}\n`;
+}

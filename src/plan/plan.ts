@@ -1,0 +1,121 @@
+import type { Lab, LabNode, Role } from "../lab/schema.js";
+import type { PkiTopology } from "../pki/topology.js";
+import { nthAddress, parseCidr } from "../util/ipv4.js";
+
+/** The provisioning phases, in the order they run on a node. */
+export const PHASES = [
+  "base",
+  "pki",
+  "etcd",
+  "flannel",
+  "docker",
+  "kubelet",
+  "control-plane",
+  "kube-proxy",
+  "addons",
+] as const;
+export type Phase = (typeof PHASES)[number];
+
+/** Ports the lab uses. */
+export const PORTS = { etcdClient: 2379, etcdPeer: 2380, apiServer: 6443 } as const;
+
+export interface NodePlan extends LabNode {
+  /** Phases that run on this node, in order. */
+  phases: Phase[];
+  isMaster: boolean;
+  isEtcd: boolean;
+  /** Runs a kubelet that registers as a schedulable node. */
+  registers: boolean;
+}
+
+/** Everything derived from a lab that templates, PKI and probes need. */
+export interface LabPlan {
+  lab: Lab;
+  master: NodePlan;
+  nodes: NodePlan[];
+  etcdMembers: NodePlan[];
+  /** etcd's --initial-cluster value: master=https://192.168.56.165:2380,... */
+  etcdInitialCluster: string;
+  /** Comma-separated client URLs of every etcd member. */
+  etcdEndpoints: string;
+  apiServiceIp: string;
+  apiServerUrl: string;
+  /** Where a node finds the files of its phase on the VM. */
+  paths: typeof VM_PATHS;
+}
+
+/** Fixed locations inside the VMs. */
+export const VM_PATHS = {
+  pkiUpload: "/tmp/k8slab-pki",
+  pki: "/etc/kubernetes/pki",
+  manifests: "/etc/kubernetes/manifests",
+  kubeconfigs: "/etc/kubernetes",
+  etcdData: "/var/lib/etcd",
+  flannelSubnetEnv: "/run/flannel/subnet.env",
+  flannelEtcdPrefix: "/coreos.com/network",
+  stateDir: "/var/lib/k8slab",
+} as const;
+
+function has(node: LabNode, role: Role): boolean {
+  return node.roles.includes(role);
+}
+
+function phasesFor(node: LabNode, lab: Lab, registers: boolean): Phase[] {
+  const isMaster = has(node, "control-plane");
+  return PHASES.filter((phase) => {
+    switch (phase) {
+      case "etcd":
+        return has(node, "etcd");
+      case "control-plane":
+        return isMaster;
+      case "kube-proxy":
+        return registers;
+      case "addons":
+        return isMaster && lab.addons.length > 0;
+      default:
+        return true;
+    }
+  });
+}
+
+/** Derive the plan. The lab must already be valid (exactly one control-plane node). */
+export function planLab(lab: Lab): LabPlan {
+  const nodes: NodePlan[] = lab.nodes.map((node) => {
+    const isMaster = has(node, "control-plane");
+    const registers = has(node, "worker") || (isMaster && lab.cluster.schedulableMaster);
+    return {
+      ...node,
+      isMaster,
+      isEtcd: has(node, "etcd"),
+      registers,
+      phases: phasesFor(node, lab, registers),
+    };
+  });
+  const master = nodes.find((n) => n.isMaster);
+  if (!master) throw new Error("planLab: the lab has no control-plane node (validation missed it)");
+  const etcdMembers = nodes.filter((n) => n.isEtcd);
+  return {
+    lab,
+    master,
+    nodes,
+    etcdMembers,
+    etcdInitialCluster: etcdMembers
+      .map((n) => `${n.name}=https://${n.ip}:${PORTS.etcdPeer}`)
+      .join(","),
+    etcdEndpoints: etcdMembers.map((n) => `https://${n.ip}:${PORTS.etcdClient}`).join(","),
+    apiServiceIp: nthAddress(parseCidr(lab.cluster.serviceNetwork), 1),
+    apiServerUrl: `https://${master.ip}:${PORTS.apiServer}`,
+    paths: VM_PATHS,
+  };
+}
+
+export function pkiTopology(plan: LabPlan): PkiTopology {
+  return {
+    labName: plan.lab.name,
+    clusterDomain: plan.lab.cluster.domain,
+    apiServiceIp: plan.apiServiceIp,
+    apiServerUrl: plan.apiServerUrl,
+    nodes: plan.nodes.map((n) => ({ name: n.name, ip: n.ip, roles: n.roles })),
+    validityDays: plan.lab.pki.validityDays,
+  };
+}

@@ -1,0 +1,57 @@
+import { resolve } from "node:path";
+import { loadLab } from "../lab/load.js";
+import type { Problem } from "../lab/problems.js";
+import type { Lab } from "../lab/schema.js";
+import { ensurePki, type PkiResult } from "../pki/index.js";
+import { pkiTopology, planLab, type LabPlan } from "../plan/plan.js";
+import { checkLabDir, writeLabDir } from "./lab-dir.js";
+import { renderLab } from "./render.js";
+
+export interface RenderOptions {
+  /** Built-in lab name or path to a lab file. */
+  lab: string;
+  cwd: string;
+  /** Lab directory; default ./<lab name>. */
+  dir?: string | undefined;
+  now?: Date;
+}
+
+export interface RenderResult {
+  dir: string;
+  lab: Lab;
+  plan: LabPlan;
+  labFile: string;
+  files: string[];
+  pki: PkiResult;
+  warnings: Problem[];
+}
+
+export function defaultLabDir(cwd: string, lab: Pick<Lab, "name">, dir?: string): string {
+  return resolve(cwd, dir ?? lab.name);
+}
+
+/**
+ * Validate the lab, then write its directory: Vagrantfile, provisioners, lab.json and the PKI.
+ * An invalid lab throws before anything is written.
+ */
+export async function renderLabDir(options: RenderOptions): Promise<RenderResult> {
+  const { lab, file, warnings } = await loadLab(options.lab, { cwd: options.cwd });
+  const plan = planLab(lab);
+  const dir = defaultLabDir(options.cwd, lab, options.dir);
+  await checkLabDir(dir, lab.name);
+  const files = await renderLab(plan, { labFile: file });
+  let pki: PkiResult | undefined;
+  await writeLabDir(dir, files, async (target) => {
+    pki = await ensurePki(target, pkiTopology(plan), options.now ? { now: options.now } : {});
+  });
+  if (!pki) throw new Error("renderLabDir: the PKI step did not run");
+  return {
+    dir,
+    lab,
+    plan,
+    labFile: file,
+    files: files.map((f) => f.path),
+    pki: { ...pki, dir: `${dir}/pki` },
+    warnings,
+  };
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# k8slab lab single-node, node k8s, phase base.
+# Rendered from the lab file; safe to run again: a second run changes nothing.
+set -Eeuo pipefail
+export LC_ALL=C
+
+K8SLAB_PHASE=base
+K8SLAB_NODE=k8s
+on_error() {
+  local rc=$?
+  echo "k8slab: phase ${K8SLAB_PHASE} failed on ${K8SLAB_NODE} at line $1 (exit ${rc})" >&2
+}
+trap 'on_error ${LINENO}' ERR
+
+log() { echo "[${K8SLAB_NODE} ${K8SLAB_PHASE}] $*"; }
+die() {
+  echo "k8slab: phase ${K8SLAB_PHASE} on ${K8SLAB_NODE}: $*" >&2
+  exit 1
+}
+
+# put_file PATH MODE < content: write only when the content differs, then set CHANGED=yes.
+CHANGED=no
+put_file() {
+  local path=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  # mv is atomic; a bind-mounted target (/etc/hosts in a container) needs a copy instead.
+  mv -f "$tmp" "$path" 2>/dev/null || { cat "$tmp" >"$path" && chmod "$mode" "$path" && rm -f "$tmp"; }
+  # shellcheck disable=SC2034 # read by the phase after put_file
+  CHANGED=yes
+  log "wrote $path"
+}
+
+# need_bin NAME: the path of a program, from the lab's artifacts (/opt/k8slab/bin) or the box.
+need_bin() {
+  local path
+  path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
+  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  echo "$path"
+}
+
+# ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+ensure_service() {
+  local unit=$1 changed=$2
+  systemctl daemon-reload
+  systemctl enable "$unit" >/dev/null 2>&1
+  if [ "$changed" = yes ]; then
+    systemctl restart --no-block "$unit"
+    log "$unit restarted"
+  elif ! systemctl is-active --quiet "$unit"; then
+    systemctl start --no-block "$unit"
+    log "$unit started"
+  fi
+}
+
+# kubelet v1.9 refuses to start while swap is on.
+if [ -n "$(swapon --show --noheadings 2>/dev/null)" ]; then
+  swapoff -a
+  log "swap turned off"
+fi
+if grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab; then
+  sed -ri 's/^([^#].*[[:space:]]swap[[:space:]].*)$/# \1/' /etc/fstab
+  log "swap disabled in /etc/fstab"
+fi
+
+# Routing between pods and bridged traffic through iptables (kube-proxy, flannel).
+modprobe br_netfilter 2>/dev/null || log "br_netfilter module not available; bridge sysctls skipped"
+{
+  echo "net.ipv4.ip_forward = 1"
+  if [ -d /proc/sys/net/bridge ]; then
+    echo "net.bridge.bridge-nf-call-iptables = 1"
+    echo "net.bridge.bridge-nf-call-ip6tables = 1"
+  fi
+} | put_file /etc/sysctl.d/90-k8slab.conf 0644
+if [ "$(sysctl -n net.ipv4.ip_forward)" != 1 ] || [ "$CHANGED" = yes ]; then
+  sysctl -q -p /etc/sysctl.d/90-k8slab.conf
+fi
+
+# Every node by name, on its private address. Vagrant maps the hostname to 127.0.1.1, which
+# would make etcd and the kubelet advertise a loopback address: drop that line.
+{
+  sed '/^# BEGIN k8slab$/,/^# END k8slab$/d' /etc/hosts |
+    grep -Ev "^127\.[0-9.]+[[:space:]]+([^#]*[[:space:]])?${K8SLAB_NODE}([[:space:]]|$)" || true
+  echo "# BEGIN k8slab"
+  echo '192.168.56.160 k8s'
+  echo "# END k8slab"
+} | put_file /etc/hosts 0644
+
+# Certificates need agreeing clocks; a VM resumed from a halt may be hours behind.
+if command -v timedatectl >/dev/null 2>&1 && [ "$(timedatectl show -p NTP --value 2>/dev/null || echo yes)" != yes ]; then
+  timedatectl set-ntp true 2>/dev/null || log "could not enable time sync"
+fi
+
+# The private NIC must carry the lab address; everything binds to it, never to Vagrant's eth0.
+if ! ip -4 addr show dev eth1 2>/dev/null | grep -q 'inet 192.168.56.160/'; then
+  die '192.168.56.160 is not on eth1; check the private_network in the Vagrantfile'
+fi
+log "done"

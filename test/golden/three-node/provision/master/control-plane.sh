@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# k8slab lab three-node, node master, phase control-plane.
+# Rendered from the lab file; safe to run again: a second run changes nothing.
+set -Eeuo pipefail
+export LC_ALL=C
+
+K8SLAB_PHASE=control-plane
+K8SLAB_NODE=master
+on_error() {
+  local rc=$?
+  echo "k8slab: phase ${K8SLAB_PHASE} failed on ${K8SLAB_NODE} at line $1 (exit ${rc})" >&2
+}
+trap 'on_error ${LINENO}' ERR
+
+log() { echo "[${K8SLAB_NODE} ${K8SLAB_PHASE}] $*"; }
+die() {
+  echo "k8slab: phase ${K8SLAB_PHASE} on ${K8SLAB_NODE}: $*" >&2
+  exit 1
+}
+
+# put_file PATH MODE < content: write only when the content differs, then set CHANGED=yes.
+CHANGED=no
+put_file() {
+  local path=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  # mv is atomic; a bind-mounted target (/etc/hosts in a container) needs a copy instead.
+  mv -f "$tmp" "$path" 2>/dev/null || { cat "$tmp" >"$path" && chmod "$mode" "$path" && rm -f "$tmp"; }
+  # shellcheck disable=SC2034 # read by the phase after put_file
+  CHANGED=yes
+  log "wrote $path"
+}
+
+# need_bin NAME: the path of a program, from the lab's artifacts (/opt/k8slab/bin) or the box.
+need_bin() {
+  local path
+  path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
+  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  echo "$path"
+}
+
+# ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+ensure_service() {
+  local unit=$1 changed=$2
+  systemctl daemon-reload
+  systemctl enable "$unit" >/dev/null 2>&1
+  if [ "$changed" = yes ]; then
+    systemctl restart --no-block "$unit"
+    log "$unit restarted"
+  elif ! systemctl is-active --quiet "$unit"; then
+    systemctl start --no-block "$unit"
+    log "$unit started"
+  fi
+}
+
+# The control plane runs as static pods: the kubelet starts whatever lies in the manifests folder.
+# Flags the seed calls undocumented: --service-account-key-file (apiserver) must match
+# --service-account-private-key-file (controller manager), and --storage-backend must match etcd.
+manifests=/etc/kubernetes/manifests
+install -d -m 0755 "$manifests"
+
+put_file "$manifests/kube-apiserver.yaml" 0644 <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-apiserver
+  namespace: kube-system
+  labels:
+    component: kube-apiserver
+    tier: control-plane
+spec:
+  hostNetwork: true
+  containers:
+    - name: kube-apiserver
+      image: gcr.io/google_containers/hyperkube:v1.9.3
+      command:
+        - /hyperkube
+        - apiserver
+        - "--advertise-address=192.168.56.165"
+        - "--bind-address=0.0.0.0"
+        - "--secure-port=6443"
+        - "--insecure-bind-address=127.0.0.1"
+        - "--insecure-port=8080"
+        - "--etcd-servers=https://192.168.56.165:2379,https://192.168.56.166:2379,https://192.168.56.167:2379"
+        - "--etcd-cafile=/etc/kubernetes/pki/ca.pem"
+        - "--etcd-certfile=/etc/kubernetes/pki/etcd-client-apiserver.pem"
+        - "--etcd-keyfile=/etc/kubernetes/pki/etcd-client-apiserver-key.pem"
+        - "--storage-backend=etcd3"
+        - "--service-cluster-ip-range=10.32.0.0/24"
+        - "--service-account-key-file=/etc/kubernetes/pki/service-account.pem"
+        - "--client-ca-file=/etc/kubernetes/pki/ca.pem"
+        - "--tls-cert-file=/etc/kubernetes/pki/apiserver.pem"
+        - "--tls-private-key-file=/etc/kubernetes/pki/apiserver-key.pem"
+        - "--kubelet-client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.pem"
+        - "--kubelet-client-key=/etc/kubernetes/pki/apiserver-kubelet-client-key.pem"
+        - "--kubelet-preferred-address-types=InternalIP,Hostname"
+        - "--admission-control=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,ResourceQuota"
+        - "--authorization-mode=Node,RBAC"
+        - "--allow-privileged=true"
+        - "--apiserver-count=1"
+        - "--v=2"
+      volumeMounts:
+        - name: pki
+          mountPath: /etc/kubernetes/pki
+          readOnly: true
+  volumes:
+    - name: pki
+      hostPath:
+        path: /etc/kubernetes/pki
+
+YAML
+put_file "$manifests/kube-controller-manager.yaml" 0644 <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-controller-manager
+  namespace: kube-system
+  labels:
+    component: kube-controller-manager
+    tier: control-plane
+spec:
+  hostNetwork: true
+  containers:
+    - name: kube-controller-manager
+      image: gcr.io/google_containers/hyperkube:v1.9.3
+      command:
+        - /hyperkube
+        - controller-manager
+        - "--kubeconfig=/etc/kubernetes/pki/kube-controller-manager.kubeconfig"
+        - "--service-account-private-key-file=/etc/kubernetes/pki/service-account-key.pem"
+        - "--root-ca-file=/etc/kubernetes/pki/ca.pem"
+        - "--cluster-name=three-node"
+        - "--service-cluster-ip-range=10.32.0.0/24"
+        - "--allocate-node-cidrs=false"
+        - "--use-service-account-credentials=true"
+        - "--leader-elect=true"
+        - "--v=2"
+      volumeMounts:
+        - name: pki
+          mountPath: /etc/kubernetes/pki
+          readOnly: true
+  volumes:
+    - name: pki
+      hostPath:
+        path: /etc/kubernetes/pki
+
+YAML
+put_file "$manifests/kube-scheduler.yaml" 0644 <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-scheduler
+  namespace: kube-system
+  labels:
+    component: kube-scheduler
+    tier: control-plane
+spec:
+  hostNetwork: true
+  containers:
+    - name: kube-scheduler
+      image: gcr.io/google_containers/hyperkube:v1.9.3
+      command:
+        - /hyperkube
+        - scheduler
+        - "--kubeconfig=/etc/kubernetes/pki/kube-scheduler.kubeconfig"
+        - "--leader-elect=true"
+        - "--v=2"
+      volumeMounts:
+        - name: pki
+          mountPath: /etc/kubernetes/pki
+          readOnly: true
+  volumes:
+    - name: pki
+      hostPath:
+        path: /etc/kubernetes/pki
+
+YAML
+log "done; the kubelet starts the control plane once the hyperkube image is pulled"

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# k8slab lab three-node, node master, phase flannel.
+# Rendered from the lab file; safe to run again: a second run changes nothing.
+set -Eeuo pipefail
+export LC_ALL=C
+
+K8SLAB_PHASE=flannel
+K8SLAB_NODE=master
+on_error() {
+  local rc=$?
+  echo "k8slab: phase ${K8SLAB_PHASE} failed on ${K8SLAB_NODE} at line $1 (exit ${rc})" >&2
+}
+trap 'on_error ${LINENO}' ERR
+
+log() { echo "[${K8SLAB_NODE} ${K8SLAB_PHASE}] $*"; }
+die() {
+  echo "k8slab: phase ${K8SLAB_PHASE} on ${K8SLAB_NODE}: $*" >&2
+  exit 1
+}
+
+# put_file PATH MODE < content: write only when the content differs, then set CHANGED=yes.
+CHANGED=no
+put_file() {
+  local path=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  # mv is atomic; a bind-mounted target (/etc/hosts in a container) needs a copy instead.
+  mv -f "$tmp" "$path" 2>/dev/null || { cat "$tmp" >"$path" && chmod "$mode" "$path" && rm -f "$tmp"; }
+  # shellcheck disable=SC2034 # read by the phase after put_file
+  CHANGED=yes
+  log "wrote $path"
+}
+
+# need_bin NAME: the path of a program, from the lab's artifacts (/opt/k8slab/bin) or the box.
+need_bin() {
+  local path
+  path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
+  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  echo "$path"
+}
+
+# ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+ensure_service() {
+  local unit=$1 changed=$2
+  systemctl daemon-reload
+  systemctl enable "$unit" >/dev/null 2>&1
+  if [ "$changed" = yes ]; then
+    systemctl restart --no-block "$unit"
+    log "$unit restarted"
+  elif ! systemctl is-active --quiet "$unit"; then
+    systemctl start --no-block "$unit"
+    log "$unit started"
+  fi
+}
+
+# flannel v0.10 reads its network from etcd's v2 keyspace (invisible to the v3 API).
+etcd_endpoints=https://192.168.56.165:2379,https://192.168.56.166:2379,https://192.168.56.167:2379
+prefix=/coreos.com/network
+etcd_v2() {
+  ETCDCTL_API=2 etcdctl --endpoints "$etcd_endpoints" \
+    --ca-file /etc/kubernetes/pki/ca.pem \
+    --cert-file /etc/kubernetes/pki/etcd-client-flannel.pem \
+    --key-file /etc/kubernetes/pki/etcd-client-flannel-key.pem "$@"
+}
+network_config='{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
+
+if command -v etcdctl >/dev/null 2>&1; then
+  if ! current=$(etcd_v2 get "$prefix/config" 2>/dev/null); then
+    # Written once; "mk" fails if another node wrote it first, which is fine.
+    etcd_v2 mk "$prefix/config" "$network_config" >/dev/null 2>&1 ||
+      etcd_v2 get "$prefix/config" >/dev/null 2>&1 ||
+      die "etcd has no quorum yet, so flannel's network cannot be written; run this phase again once every etcd member runs"
+    log "flannel network written to etcd: $network_config"
+  elif [ "$current" != "$network_config" ]; then
+    log "warning: etcd holds a different flannel network ($current); leaving it as it is"
+  fi
+fi
+
+flanneld_bin=$(need_bin flanneld)
+# --iface: the private NIC. Vagrant's eth0 is NAT with the same 10.0.2.15 on every VM.
+put_file /etc/systemd/system/flanneld.service 0644 <<UNIT
+[Unit]
+Description=flannel overlay network (k8slab)
+After=network-online.target etcd.service
+Wants=network-online.target
+Before=docker.service
+
+[Service]
+Type=notify
+ExecStart=${flanneld_bin} \\
+  --etcd-endpoints=https://192.168.56.165:2379,https://192.168.56.166:2379,https://192.168.56.167:2379 \\
+  --etcd-prefix=/coreos.com/network \\
+  --etcd-cafile=/etc/kubernetes/pki/ca.pem \\
+  --etcd-certfile=/etc/kubernetes/pki/etcd-client-flannel.pem \\
+  --etcd-keyfile=/etc/kubernetes/pki/etcd-client-flannel-key.pem \\
+  --iface=eth1 \\
+  --public-ip=192.168.56.165 \\
+  --subnet-file=/run/flannel/subnet.env
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+ensure_service flanneld.service "$CHANGED"
+log "done"

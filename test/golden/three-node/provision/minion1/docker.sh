@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# k8slab lab three-node, node minion1, phase docker.
+# Rendered from the lab file; safe to run again: a second run changes nothing.
+set -Eeuo pipefail
+export LC_ALL=C
+
+K8SLAB_PHASE=docker
+K8SLAB_NODE=minion1
+on_error() {
+  local rc=$?
+  echo "k8slab: phase ${K8SLAB_PHASE} failed on ${K8SLAB_NODE} at line $1 (exit ${rc})" >&2
+}
+trap 'on_error ${LINENO}' ERR
+
+log() { echo "[${K8SLAB_NODE} ${K8SLAB_PHASE}] $*"; }
+die() {
+  echo "k8slab: phase ${K8SLAB_PHASE} on ${K8SLAB_NODE}: $*" >&2
+  exit 1
+}
+
+# put_file PATH MODE < content: write only when the content differs, then set CHANGED=yes.
+CHANGED=no
+put_file() {
+  local path=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  # mv is atomic; a bind-mounted target (/etc/hosts in a container) needs a copy instead.
+  mv -f "$tmp" "$path" 2>/dev/null || { cat "$tmp" >"$path" && chmod "$mode" "$path" && rm -f "$tmp"; }
+  # shellcheck disable=SC2034 # read by the phase after put_file
+  CHANGED=yes
+  log "wrote $path"
+}
+
+# need_bin NAME: the path of a program, from the lab's artifacts (/opt/k8slab/bin) or the box.
+need_bin() {
+  local path
+  path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
+  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  echo "$path"
+}
+
+# ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+ensure_service() {
+  local unit=$1 changed=$2
+  systemctl daemon-reload
+  systemctl enable "$unit" >/dev/null 2>&1
+  if [ "$changed" = yes ]; then
+    systemctl restart --no-block "$unit"
+    log "$unit restarted"
+  elif ! systemctl is-active --quiet "$unit"; then
+    systemctl start --no-block "$unit"
+    log "$unit started"
+  fi
+}
+
+# Docker takes its bridge address and MTU from flannel (seed 001: "flannel vs docker bridge").
+subnet_env=/run/flannel/subnet.env
+for _ in $(seq 1 30); do
+  [ -s "$subnet_env" ] && break
+  sleep 2
+done
+[ -s "$subnet_env" ] || die "flannel has not written $subnet_env yet; is flanneld running? (journalctl -u flanneld)"
+# shellcheck disable=SC1090
+. "$subnet_env"
+
+dockerd_bin=$(need_bin dockerd)
+put_file /etc/systemd/system/docker.service.d/10-k8slab.conf 0644 <<UNIT
+[Unit]
+After=flanneld.service
+Requires=flanneld.service
+
+[Service]
+ExecStart=
+ExecStart=${dockerd_bin} -H unix:///var/run/docker.sock \\
+  --bip=${FLANNEL_SUBNET} --mtu=${FLANNEL_MTU} --ip-masq=false --iptables=false
+UNIT
+changed=$CHANGED
+
+# Docker no longer masquerades: do it for traffic leaving the pod network, once.
+masq=(-s 10.1.0.0/16 ! -d 10.1.0.0/16 -m addrtype ! --dst-type LOCAL -j MASQUERADE)
+iptables -t nat -C POSTROUTING "${masq[@]}" 2>/dev/null || iptables -t nat -A POSTROUTING "${masq[@]}"
+
+# A docker0 from an earlier start keeps its old address; docker recreates it from --bip.
+if [ "$changed" = yes ] && ip link show docker0 >/dev/null 2>&1; then
+  systemctl stop docker.service || true
+  ip link delete docker0 || true
+fi
+ensure_service docker.service "$changed"
+log "done"

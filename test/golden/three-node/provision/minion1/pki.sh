@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# k8slab lab three-node, node minion1, phase pki.
+# Rendered from the lab file; safe to run again: a second run changes nothing.
+set -Eeuo pipefail
+export LC_ALL=C
+
+K8SLAB_PHASE=pki
+K8SLAB_NODE=minion1
+on_error() {
+  local rc=$?
+  echo "k8slab: phase ${K8SLAB_PHASE} failed on ${K8SLAB_NODE} at line $1 (exit ${rc})" >&2
+}
+trap 'on_error ${LINENO}' ERR
+
+log() { echo "[${K8SLAB_NODE} ${K8SLAB_PHASE}] $*"; }
+die() {
+  echo "k8slab: phase ${K8SLAB_PHASE} on ${K8SLAB_NODE}: $*" >&2
+  exit 1
+}
+
+# put_file PATH MODE < content: write only when the content differs, then set CHANGED=yes.
+CHANGED=no
+put_file() {
+  local path=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  # mv is atomic; a bind-mounted target (/etc/hosts in a container) needs a copy instead.
+  mv -f "$tmp" "$path" 2>/dev/null || { cat "$tmp" >"$path" && chmod "$mode" "$path" && rm -f "$tmp"; }
+  # shellcheck disable=SC2034 # read by the phase after put_file
+  CHANGED=yes
+  log "wrote $path"
+}
+
+# need_bin NAME: the path of a program, from the lab's artifacts (/opt/k8slab/bin) or the box.
+need_bin() {
+  local path
+  path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
+  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  echo "$path"
+}
+
+# ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+ensure_service() {
+  local unit=$1 changed=$2
+  systemctl daemon-reload
+  systemctl enable "$unit" >/dev/null 2>&1
+  if [ "$changed" = yes ]; then
+    systemctl restart --no-block "$unit"
+    log "$unit restarted"
+  elif ! systemctl is-active --quiet "$unit"; then
+    systemctl start --no-block "$unit"
+    log "$unit started"
+  fi
+}
+
+# Vagrant's "pki-upload" provisioner copied this node's own bundle (never the CA key) here.
+src=/tmp/k8slab-pki
+dst=/etc/kubernetes/pki
+
+if [ ! -d "$src" ]; then
+  [ -f "$dst/ca.pem" ] || die "no certificates were uploaded; run: vagrant provision ${K8SLAB_NODE} --provision-with pki-upload,pki"
+  log "no new upload; keeping the certificates in $dst"
+  exit 0
+fi
+
+install -d -m 0755 "$dst"
+for file in "$src"/*; do
+  name=$(basename "$file")
+  case "$name" in
+    *-key.pem | *.kubeconfig) mode=0600 ;;
+    *) mode=0644 ;;
+  esac
+  put_file "$dst/$name" "$mode" <"$file"
+done
+rm -rf "$src"
+log "done"

@@ -1,0 +1,30 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseDocument } from "yaml";
+import { builtinLabsDir, validateLabText } from "../../src/lab/load.js";
+import { formatProblem, type Problem } from "../../src/lab/problems.js";
+
+export function builtinText(name: string): string {
+  return readFileSync(join(builtinLabsDir(), `${name}.yaml`), "utf8");
+}
+
+/** The built-in lab's text with some paths changed (undefined deletes the key). */
+export function editedLab(
+  name: string,
+  edits: [path: (string | number)[], value: unknown][],
+): string {
+  const doc = parseDocument(builtinText(name));
+  for (const [path, value] of edits) {
+    if (value === undefined) doc.deleteIn(path);
+    else doc.setIn(path, doc.createNode(value));
+  }
+  return doc.toString();
+}
+
+export function problemsOf(text: string, file = "lab.yaml"): Problem[] {
+  return validateLabText(file, text).problems;
+}
+
+export function lines(problems: Problem[]): string[] {
+  return problems.map(formatProblem);
+}

@@ -1,0 +1,299 @@
+import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { labJsonSchemaText } from "../src/lab/json-schema.js";
+import { builtinLabsDir, listBuiltinLabs, validateLabText } from "../src/lab/load.js";
+import { builtinText, editedLab, lines, problemsOf } from "./helpers/labs.js";
+
+const errorsOf = (text: string) => problemsOf(text).filter((p) => p.severity === "error");
+const warningsOf = (text: string) => problemsOf(text).filter((p) => p.severity === "warning");
+
+describe("built-in labs", () => {
+  it("are valid without warnings and described", async () => {
+    const labs = await listBuiltinLabs();
+    expect(labs.map((l) => l.name)).toEqual(["single-node", "three-node"]);
+    for (const l of labs) {
+      expect(problemsOf(builtinText(l.name))).toEqual([]);
+      expect(l.description.length).toBeGreaterThan(10);
+    }
+  });
+
+  it("three-node is the seed 004 topology inside VirtualBox's default range", () => {
+    const { lab } = validateLabText("three-node.yaml", builtinText("three-node"));
+    expect(lab).toBeDefined();
+    const nodes = lab!.nodes.map((n) => [n.name, n.ip, [...n.roles].sort().join("+")]);
+    expect(nodes).toEqual([
+      ["master", "192.168.56.165", "control-plane+etcd"],
+      ["minion1", "192.168.56.166", "etcd+worker"],
+      ["minion2", "192.168.56.167", "etcd+worker"],
+    ]);
+    expect(lab!.versions.kubernetes).toBe("v1.9.3");
+    expect(lab!.images.hyperkube).toMatch(/hyperkube.*:v1\.9\.3$/);
+    expect(lab!.cluster.flannelBackend).toBe("vxlan");
+    expect(lab!.addons).toEqual(["kube-dns", "dashboard"]);
+  });
+
+  it("single-node runs everything on one schedulable VM", () => {
+    const { lab } = validateLabText("single-node.yaml", builtinText("single-node"));
+    expect(lab!.nodes).toHaveLength(1);
+    expect([...lab!.nodes[0]!.roles].sort()).toEqual(["control-plane", "etcd", "worker"]);
+    expect(lab!.cluster.schedulableMaster).toBe(true);
+  });
+
+  it("labs/schema.json is generated from the zod schema (run `npm run schema` after changing it)", () => {
+    const onDisk = readFileSync(join(builtinLabsDir(), "schema.json"), "utf8");
+    expect(onDisk).toBe(labJsonSchemaText());
+    const parsed = JSON.parse(onDisk) as {
+      properties: Record<string, unknown>;
+      additionalProperties: boolean;
+    };
+    expect(Object.keys(parsed.properties)).toContain("nodes");
+    expect(parsed.additionalProperties).toBe(false);
+  });
+});
+
+describe("schema errors carry file, line, column and dotted path", () => {
+  it("a typo such as memroy: is an error pointing at the key, with a suggestion", () => {
+    const text = builtinText("three-node").replace("    memory: 1024\n", "    memroy: 1024\n");
+    const out = lines(errorsOf(text));
+    const line = text.split("\n").findIndex((l) => l.includes("memroy")) + 1;
+    expect(out).toEqual([
+      `lab.yaml:${line}:5 nodes.1.memroy: unknown key "memroy"\n    hint: did you mean memory?`,
+    ]);
+  });
+
+  it("reports every problem at once, in file order", () => {
+    const text = editedLab("three-node", [
+      [["name"], "Bad_Name"],
+      [["nodes", 0, "cpus"], 0],
+      [
+        ["nodes", 2, "roles"],
+        ["etcd", "bogus"],
+      ],
+      [["versions", "etcd"], "latest"],
+    ]);
+    const problems = errorsOf(text);
+    expect(problems.map((p) => p.path)).toEqual([
+      "name",
+      "nodes.0.cpus",
+      "nodes.2.roles.1",
+      "versions.etcd",
+    ]);
+    const textLines = text.split("\n");
+    const shown = problems.map((p) => textLines[p.line! - 1]!.slice(p.col! - 1));
+    expect(shown).toEqual(["Bad_Name", "0", "bogus", "latest"]);
+  });
+
+  it("a missing required section names the path", () => {
+    const out = errorsOf(editedLab("three-node", [[["versions"], undefined]]));
+    expect(out.map((p) => [p.path, p.message])).toEqual([["versions", "is required (object)"]]);
+  });
+
+  it.each([
+    ["empty file", "", "the file is empty"],
+    ["comment only", "# nothing\n", "the file is empty"],
+    ["a list", "- a\n- b\n", "must be a map"],
+    ["a scalar", "hello\n", "must be a map"],
+    ["syntax error", "name: [a, b\nnodes: 1\n", ""],
+    ["duplicate key", "name: a\nname: b\n", "appears twice"],
+    ["tab indentation", "name: a\nnodes:\n\t- name: b\n", ""],
+  ])("%s is reported with a position", (_label, text, message) => {
+    const problems = errorsOf(text);
+    expect(problems.length).toBeGreaterThan(0);
+    expect(problems[0]!.line).toBeGreaterThan(0);
+    expect(problems[0]!.message).toContain(message);
+  });
+
+  it("an alias bomb is refused quickly", () => {
+    let text = 'a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]\n';
+    for (let i = 1; i < 10; i++)
+      text += `a${i}: &a${i} [${Array(10)
+        .fill(`*a${i - 1}`)
+        .join(",")}]\n`;
+    const problems = errorsOf(text);
+    expect(problems[0]!.message).toMatch(/alias|resource exhaustion/i);
+  });
+
+  it("a file far too large to be a lab file is refused without parsing", () => {
+    const problems = errorsOf(`name: x\n#${"x".repeat(300 * 1024)}\n`);
+    expect(problems[0]!.message).toMatch(/larger than/);
+  });
+});
+
+describe("cross-field rules", () => {
+  const cases: [string, [(string | number)[], unknown][], string, RegExp][] = [
+    [
+      "duplicate node names",
+      [[["nodes", 2, "name"], "minion1"]],
+      "nodes.2.name",
+      /already the name of nodes\.1/,
+    ],
+    [
+      "duplicate node IPs",
+      [[["nodes", 1, "ip"], "192.168.56.165"]],
+      "nodes.1.ip",
+      /used by master/,
+    ],
+    [
+      "IP outside the host-only network",
+      [[["nodes", 1, "ip"], "192.168.57.10"]],
+      "nodes.1.ip",
+      /outside the host-only network/,
+    ],
+    ["network address", [[["nodes", 1, "ip"], "192.168.56.0"]], "nodes.1.ip", /network address/],
+    ["broadcast address", [[["nodes", 1, "ip"], "192.168.56.255"]], "nodes.1.ip", /broadcast/],
+    ["gateway address", [[["nodes", 1, "ip"], "192.168.56.1"]], "nodes.1.ip", /host's own address/],
+    [
+      "pod and service networks overlap",
+      [
+        [["cluster", "serviceNetwork"], "10.1.2.0/24"],
+        [["cluster", "dnsIp"], "10.1.2.10"],
+      ],
+      "cluster.podNetwork",
+      /overlaps cluster\.serviceNetwork/,
+    ],
+    [
+      "pod network overlaps the host-only network",
+      [[["cluster", "podNetwork"], "192.168.0.0/16"]],
+      "cluster.podNetwork",
+      /overlaps network\.hostOnly/,
+    ],
+    [
+      "Docker's default network",
+      [[["cluster", "podNetwork"], "172.16.0.0/12"]],
+      "cluster.podNetwork",
+      /Docker's default/,
+    ],
+    [
+      "Vagrant's NAT network",
+      [
+        [["cluster", "serviceNetwork"], "10.0.0.0/16"],
+        [["cluster", "dnsIp"], "10.0.0.10"],
+      ],
+      "cluster.serviceNetwork",
+      /Vagrant's NAT/,
+    ],
+    [
+      "DNS IP outside the service network",
+      [[["cluster", "dnsIp"], "10.33.0.10"]],
+      "cluster.dnsIp",
+      /outside the service network/,
+    ],
+    [
+      "DNS IP is the API server's service IP",
+      [[["cluster", "dnsIp"], "10.32.0.1"]],
+      "cluster.dnsIp",
+      /API server's service address/,
+    ],
+    [
+      "host bits in a CIDR",
+      [[["cluster", "podNetwork"], "10.1.2.0/16"]],
+      "cluster.podNetwork",
+      /host bits/,
+    ],
+    [
+      "too few node subnets",
+      [[["cluster", "podNetwork"], "10.1.0.0/23"]],
+      "cluster.podSubnetLength",
+      /only 2 subnets .* 3 nodes/,
+    ],
+    [
+      "subnet length not longer than the network",
+      [[["cluster", "podSubnetLength"], 16]],
+      "cluster.podSubnetLength",
+      /must be longer/,
+    ],
+    [
+      "no control-plane node",
+      [
+        [
+          ["nodes", 0, "roles"],
+          ["etcd", "worker"],
+        ],
+      ],
+      "nodes",
+      /no node has the control-plane role/,
+    ],
+    [
+      "two control-plane nodes",
+      [
+        [
+          ["nodes", 1, "roles"],
+          ["etcd", "control-plane"],
+        ],
+      ],
+      "nodes",
+      /only one control-plane/,
+    ],
+    [
+      "no etcd member",
+      [
+        [["nodes", 0, "roles"], ["control-plane"]],
+        [["nodes", 1, "roles"], ["worker"]],
+        [["nodes", 2, "roles"], ["worker"]],
+      ],
+      "nodes",
+      /no node has the etcd role/,
+    ],
+    ["not a DNS-1123 node name", [[["nodes", 1, "name"], "Minion_1"]], "nodes.1.name", /DNS-1123/],
+    ["lab name that is a path", [[["name"], "../x"]], "name", /DNS-1123/],
+    ["lab name with a slash", [[["name"], "a/b"]], "name", /DNS-1123/],
+    [
+      "repeated role",
+      [
+        [
+          ["nodes", 1, "roles"],
+          ["etcd", "etcd"],
+        ],
+      ],
+      "nodes.1.roles",
+      /must not repeat/,
+    ],
+  ];
+  it.each(cases)("%s", (_label, edits, path, message) => {
+    const problems = errorsOf(editedLab("three-node", edits));
+    const hit = problems.find((p) => p.path === path && message.test(p.message));
+    expect(hit, lines(problems).join("\n")).toBeDefined();
+    expect(hit!.line).toBeGreaterThan(0);
+  });
+
+  it("warns, without failing, about an even number of etcd members", () => {
+    const text = editedLab("three-node", [[["nodes", 2, "roles"], ["worker"]]]);
+    expect(errorsOf(text)).toEqual([]);
+    expect(
+      warningsOf(text)
+        .map((w) => w.message)
+        .join(),
+    ).toMatch(/2 etcd members .* odd number/);
+  });
+
+  it("warns about memory below what a role needs", () => {
+    const text = editedLab("three-node", [[["nodes", 0, "memory"], 512]]);
+    expect(errorsOf(text)).toEqual([]);
+    expect(warningsOf(text)[0]).toMatchObject({ path: "nodes.0.memory" });
+  });
+
+  it("warns about a host-only network outside VirtualBox's range, naming networks.conf", () => {
+    const text = editedLab("three-node", [
+      [["network", "hostOnly"], "192.168.1.0/24"],
+      [["nodes", 0, "ip"], "192.168.1.165"],
+      [["nodes", 1, "ip"], "192.168.1.166"],
+      [["nodes", 2, "ip"], "192.168.1.167"],
+    ]);
+    expect(errorsOf(text)).toEqual([]);
+    const [w] = warningsOf(text);
+    expect(w).toMatchObject({ path: "network.hostOnly" });
+    expect(w!.hint).toContain("/etc/vbox/networks.conf");
+  });
+
+  it("does not warn about VirtualBox's range for libvirt labs", () => {
+    const text = editedLab("three-node", [
+      [["provider", "name"], "libvirt"],
+      [["network", "hostOnly"], "192.168.1.0/24"],
+      [["nodes", 0, "ip"], "192.168.1.165"],
+      [["nodes", 1, "ip"], "192.168.1.166"],
+      [["nodes", 2, "ip"], "192.168.1.167"],
+    ]);
+    expect(problemsOf(text)).toEqual([]);
+  });
+});
