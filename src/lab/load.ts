@@ -1,13 +1,11 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { distance } from "fastest-levenshtein";
-import type { z } from "zod";
 import { K8slabError } from "../errors.js";
 import { LabInvalidError, type Problem } from "./problems.js";
 import { checkLabRules } from "./rules.js";
 import { labSchema, type Lab } from "./schema.js";
-import { parseYamlSource, type YamlSource } from "./yaml-source.js";
+import { validateYamlText } from "./validate-yaml.js";
 
 export interface LoadedLab {
   lab: Lab;
@@ -62,23 +60,8 @@ async function isFile(path: string): Promise<boolean> {
 
 /** Check lab text completely: YAML, schema and cross-field rules, every problem at once. */
 export function validateLabText(file: string, text: string): { lab?: Lab; problems: Problem[] } {
-  const { source, problems } = parseYamlSource(file, text);
-  if (!source) return { problems };
-  const parsed = labSchema.safeParse(source.value);
-  if (!parsed.success) {
-    return {
-      problems: [...problems, ...parsed.error.issues.flatMap((i) => fromZodIssue(source, i))],
-    };
-  }
-  const ruleProblems = checkLabRules(parsed.data).map(({ key, ...p }): Problem => {
-    const path =
-      p.path === "" ? [] : p.path.split(".").map((s) => (/^\d+$/.test(s) ? Number(s) : s));
-    return { ...p, file, ...source.locate(path, { key: key ?? false }) };
-  });
-  const all = [...problems, ...sortProblems(ruleProblems)];
-  return all.some((p) => p.severity === "error")
-    ? { problems: all }
-    : { lab: parsed.data, problems: all };
+  const { value, problems } = validateYamlText(file, text, labSchema, checkLabRules);
+  return value ? { lab: value, problems } : { problems };
 }
 
 /** Load a lab (built-in name or path); throws LabInvalidError listing every problem. */
@@ -113,99 +96,4 @@ export async function listBuiltinLabs(): Promise<BuiltinLab[]> {
       });
   }
   return labs;
-}
-
-function sortProblems(problems: Problem[]): Problem[] {
-  return [...problems].sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.col ?? 0) - (b.col ?? 0));
-}
-
-function dotted(path: readonly PropertyKey[]): string {
-  return path.map(String).join(".");
-}
-
-function fromZodIssue(source: YamlSource, issue: z.core.$ZodIssue): Problem[] {
-  const base = { severity: "error" as const, file: source.file };
-  if (issue.code === "unrecognized_keys") {
-    return issue.keys.map((key) => {
-      const path = [...issue.path, key];
-      const known = knownKeysAt(issue.path);
-      const guess = closest(key, known);
-      return {
-        ...base,
-        ...source.locate(path, { key: true }),
-        path: dotted(path),
-        message: `unknown key ${JSON.stringify(key)}`,
-        hint: guess ? `did you mean ${guess}?` : `known keys here: ${known.join(", ")}`,
-      };
-    });
-  }
-  const missing = issue.code === "invalid_type" && /received undefined/.test(issue.message);
-  return [
-    {
-      ...base,
-      ...source.locate(issue.path),
-      path: dotted(issue.path),
-      message: missing ? `is required (${issue.expected})` : tidy(issue.message),
-    },
-  ];
-}
-
-function tidy(message: string): string {
-  return message.replace(/^Invalid input: /, "").replace(/^Invalid option: /, "");
-}
-
-/** The keys the schema allows at a path, for "did you mean" hints. */
-function knownKeysAt(path: readonly PropertyKey[]): string[] {
-  let schema: unknown = labSchema;
-  for (const segment of [...path, null]) {
-    schema = unwrap(schema);
-    const def = (
-      schema as {
-        def?: {
-          type?: string;
-          shape?: Record<string, unknown>;
-          element?: unknown;
-          valueType?: unknown;
-        };
-      }
-    ).def;
-    if (segment === null) return def?.shape ? Object.keys(def.shape) : [];
-    if (def?.type === "object" && def.shape) schema = def.shape[String(segment)];
-    else if (def?.type === "array") schema = def.element;
-    else if (def?.type === "record") schema = def.valueType;
-    else return [];
-  }
-  return [];
-}
-
-function unwrap(schema: unknown): unknown {
-  let s = schema as { def?: { type?: string; innerType?: unknown; in?: unknown } } | undefined;
-  for (let i = 0; i < 10 && s?.def; i++) {
-    const { type, innerType } = s.def;
-    if (
-      (type === "default" || type === "optional" || type === "nullable" || type === "prefault") &&
-      innerType
-    ) {
-      s = innerType as typeof s;
-    } else if (type === "pipe" && s.def.in) {
-      s = s.def.in as typeof s;
-    } else break;
-  }
-  return s;
-}
-
-/** The nearest known key by edit distance, when it is close enough to be a typo. */
-function closest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const c of candidates) {
-    const d = distance(word.toLowerCase(), c.toLowerCase());
-    if (d < bestDistance) {
-      best = c;
-      bestDistance = d;
-    }
-  }
-  return best !== undefined && bestDistance <= Math.max(2, Math.floor(word.length / 3))
-    ? best
-    : undefined;
 }

@@ -12,6 +12,9 @@ export interface Problem {
   col?: number;
 }
 
+/** A problem found by a cross-field rule, before it is pinned to a line (`key`: point at the key). */
+export type RuleProblem = Omit<Problem, "file" | "line" | "col"> & { key?: boolean };
+
 export function formatProblem(p: Problem): string {
   const where = [p.file, p.line, p.col].filter((x) => x !== undefined).join(":");
   const severity = p.severity === "warning" ? "warning: " : "";

@@ -1,5 +1,5 @@
 import type { Lab, Role } from "./schema.js";
-import type { Problem } from "./problems.js";
+import type { RuleProblem } from "./problems.js";
 import {
   broadcast,
   contains,
@@ -21,8 +21,6 @@ export const VAGRANT_NAT = "10.0.2.0/24";
 
 /** Memory (MB) below which a role is known to struggle. */
 export const MIN_MEMORY: Record<Role, number> = { etcd: 512, "control-plane": 1024, worker: 768 };
-
-type RuleProblem = Omit<Problem, "file" | "line" | "col"> & { key?: boolean };
 
 const err = (path: string, message: string, hint?: string): RuleProblem => ({
   severity: "error",
