@@ -1,3 +1,4 @@
+import { isIPv4 } from "node:net";
 import type { PkiTopology } from "./topology.js";
 import { etcdMembers, masterNode } from "./topology.js";
 
@@ -29,12 +30,12 @@ export interface CertSpec {
 const LEAF_KEY_USAGE: readonly KeyUsage[] = ["digitalSignature", "keyEncipherment"];
 export const CA_KEY_USAGE: readonly KeyUsage[] = ["digitalSignature", "keyCertSign", "cRLSign"];
 
-type Profile = "server" | "client" | "peer";
+type Profile = "server" | "client" | "server-and-client";
 
 const EKU: Record<Profile, readonly ExtKeyUsage[]> = {
   server: ["serverAuth"],
   client: ["clientAuth"],
-  peer: ["serverAuth", "clientAuth"],
+  "server-and-client": ["serverAuth", "clientAuth"],
 };
 
 function leaf(
@@ -70,28 +71,40 @@ export function planCertificates(topology: PkiTopology): CertSpec[] {
     const sans = { dns: [node.name, "localhost"], ips: [node.ip, "127.0.0.1"] };
     // Also clientAuth: etcd 3.4 dials its own client port (grpc-gateway) with its serving
     // certificate, which --client-cert-auth rejects otherwise ("incompatible key usage").
-    specs.push(leaf(`etcd-server-${node.name}`, "peer", { cn: node.name }, sans, node.name));
-    specs.push(leaf(`etcd-peer-${node.name}`, "peer", { cn: node.name }, sans, node.name));
+    specs.push(
+      leaf(`etcd-server-${node.name}`, "server-and-client", { cn: node.name }, sans, node.name),
+    );
+    specs.push(
+      leaf(`etcd-peer-${node.name}`, "server-and-client", { cn: node.name }, sans, node.name),
+    );
   }
   specs.push(leaf("etcd-client-apiserver", "client", { cn: "kube-apiserver-etcd-client" }));
   specs.push(leaf("etcd-client-flannel", "client", { cn: "flannel" }));
 
   const domain = topology.clusterDomain;
+  // The address kubeconfigs use must be in the certificate too, should it not be the master's IP.
+  const urlHost = new URL(topology.apiServerUrl).hostname;
+  const urlIsIp = isIPv4(urlHost);
+  const apiIps = unique([
+    master.ip,
+    topology.apiServiceIp,
+    "127.0.0.1",
+    ...(urlIsIp ? [urlHost] : []),
+  ]);
+  const apiNames = unique([
+    master.name,
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    `kubernetes.default.svc.${domain}`,
+    ...(urlIsIp ? [] : [urlHost]),
+  ]);
   specs.push(
     leaf(
       "apiserver",
       "server",
       { cn: "kube-apiserver" },
-      {
-        dns: [
-          master.name,
-          "kubernetes",
-          "kubernetes.default",
-          "kubernetes.default.svc",
-          `kubernetes.default.svc.${domain}`,
-        ],
-        ips: [master.ip, topology.apiServiceIp, "127.0.0.1"],
-      },
+      { dns: apiNames, ips: apiIps },
       master.name,
     ),
   );
@@ -128,6 +141,10 @@ export function planCertificates(topology: PkiTopology): CertSpec[] {
   specs.push(leaf("kube-scheduler", "client", { cn: "system:kube-scheduler" }));
   specs.push(leaf("admin", "client", { cn: "admin", o: ["system:masters"] }));
   return specs;
+}
+
+function unique(values: readonly string[]): string[] {
+  return [...new Set(values)];
 }
 
 function sorted(values: readonly string[]): string[] {

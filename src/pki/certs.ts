@@ -67,12 +67,11 @@ export function validityFrom(now: Date, days: number, notAfterLimit?: Date): Val
   const notAfter = wholeSeconds(now.getTime() + days * DAY_MS);
   return {
     notBefore: wholeSeconds(now.getTime() - BACKDATE_MS),
-    notAfter:
-      notAfterLimit !== undefined && notAfterLimit < notAfter ? notAfterLimit : notAfter,
+    notAfter: notAfterLimit !== undefined && notAfterLimit < notAfter ? notAfterLimit : notAfter,
   };
 }
 
-/** 128 random bits, top bit clear (positive) and a non-zero first byte (minimal DER). */
+/** 126 random bits in 16 bytes: top bit clear (positive), second bit set (minimal DER). */
 export function randomSerial(): string {
   const bytes = randomBytes(16);
   bytes[0] = (bytes[0]! & 0x7f) | 0x40;
@@ -153,8 +152,7 @@ export function loadCertificateAuthority(certPem: string, keyPem: string): Certi
 
 function subjectKeyIdentifierBytes(cert: forge.pki.Certificate): string {
   const extension = cert.getExtension("subjectKeyIdentifier") as
-    | { subjectKeyIdentifier?: string }
-    | undefined;
+    { subjectKeyIdentifier?: string } | undefined;
   return extension?.subjectKeyIdentifier !== undefined
     ? forge.util.hexToBytes(extension.subjectKeyIdentifier)
     : cert.generateSubjectKeyIdentifier().getBytes();

@@ -4,12 +4,7 @@ import { join } from "node:path";
 import { K8slabError } from "../errors.js";
 import { planNodeBundle } from "./bundles.js";
 import type { CertSpec } from "./cert-specs.js";
-import {
-  caCommonName,
-  planCertificates,
-  SERVICE_ACCOUNT,
-  specDifferences,
-} from "./cert-specs.js";
+import { caCommonName, planCertificates, SERVICE_ACCOUNT, specDifferences } from "./cert-specs.js";
 import type { CertificateAuthority, KeyPairPem } from "./certs.js";
 import {
   createCaCertificate,
@@ -111,9 +106,12 @@ async function loadOrCreateCa(
   if (certPem !== undefined && keyPem !== undefined) {
     const ca = loadCertificateAuthority(certPem, keyPem);
     if (!ca.x509.checkPrivateKey(ca.key)) {
-      throw new K8slabError(`${join(dir, "ca-key.pem")} does not belong to ${join(dir, "ca.pem")}`, {
-        hint: `restore the matching pair from a backup, or remove ${dir} to start over with a new CA`,
-      });
+      throw new K8slabError(
+        `${join(dir, "ca-key.pem")} does not belong to ${join(dir, "ca.pem")}`,
+        {
+          hint: `restore the matching pair from a backup, or remove ${dir} to start over with a new CA`,
+        },
+      );
     }
     const notAfter = new Date(ca.x509.validTo);
     if (notAfter <= now) {
@@ -178,7 +176,9 @@ async function decide(
     return reissue(`${certFile(spec.name)} is not a readable certificate`);
   }
   if (fingerprint(x509) !== record.sha256) {
-    return reissue(`${certFile(spec.name)} differs from the certificate recorded in ${MANIFEST_FILE}`);
+    return reissue(
+      `${certFile(spec.name)} differs from the certificate recorded in ${MANIFEST_FILE}`,
+    );
   }
   if (!x509.checkIssued(ca.x509) || !x509.verify(ca.x509.publicKey)) {
     return reissue("not signed by the lab CA");
@@ -205,7 +205,10 @@ function recordFor(spec: CertSpec, certPem: string): CertRecord {
   const x509 = new X509Certificate(certPem);
   return {
     ...(spec.node === undefined ? {} : { node: spec.node }),
-    subject: { commonName: spec.subject.commonName, organizations: [...spec.subject.organizations] },
+    subject: {
+      commonName: spec.subject.commonName,
+      organizations: [...spec.subject.organizations],
+    },
     sans: { dns: [...spec.sans.dns], ips: [...spec.sans.ips] },
     keyUsage: [...spec.keyUsage],
     extKeyUsage: [...spec.extKeyUsage],
@@ -302,13 +305,12 @@ export async function ensurePki(
       decide(dir, spec, manifest?.certs[spec.name], ca, now, topology.validityDays),
     ),
   );
-  const saPromise = ensureServiceAccount(dir, result, takeKeys);
-
   const leafValidity = validityFrom(now, topology.validityDays, new Date(ca.x509.validTo));
   const pems = new Map<string, Existing>();
   const records: Record<string, CertRecord> = {};
-  await Promise.all(
-    specs.map(async (spec, i) => {
+  const [serviceAccount] = await Promise.all([
+    ensureServiceAccount(dir, result, takeKeys),
+    ...specs.map(async (spec, i) => {
       const decision = decisions[i]!;
       if (decision.kind === "reuse") {
         pems.set(spec.name, decision.existing);
@@ -325,8 +327,7 @@ export async function ensurePki(
       if (decision.kind === "create") result.created.push(spec.name);
       else result.reissued.push({ name: spec.name, reason: decision.reason });
     }),
-  );
-  const serviceAccount = await saPromise;
+  ]);
 
   const planned = new Set(specs.map((s) => s.name));
   for (const name of Object.keys(manifest?.certs ?? {})) {
@@ -381,7 +382,23 @@ export async function ensurePki(
   }
 
   await syncBundles(labDir, topology, files);
-  return result;
+  return inPlanOrder(result, [CA_NAME, ...specs.map((s) => s.name), SERVICE_ACCOUNT]);
+}
+
+/** Keys are issued as they arrive from the thread pool; report them in a stable order. */
+function inPlanOrder(result: PkiResult, order: readonly string[]): PkiResult {
+  const rank = (name: string): number => {
+    const at = order.indexOf(name);
+    return at === -1 ? order.length : at;
+  };
+  const byName = (a: string, b: string): number => rank(a) - rank(b) || a.localeCompare(b);
+  return {
+    dir: result.dir,
+    created: [...result.created].sort(byName),
+    reissued: [...result.reissued].sort((a, b) => byName(a.name, b.name)),
+    reused: [...result.reused].sort(byName),
+    removed: [...result.removed].sort(),
+  };
 }
 
 async function syncBundles(

@@ -67,7 +67,11 @@ export async function writeFileAtomic(path: string, content: string, mode: numbe
 }
 
 /** Write only when the bytes differ (so unchanged files keep their bytes and mtime); fix the mode. */
-export async function writeIfChanged(path: string, content: string, mode: number): Promise<boolean> {
+export async function writeIfChanged(
+  path: string,
+  content: string,
+  mode: number,
+): Promise<boolean> {
   const current = await readTextIfExists(path);
   if (current === content) {
     const { mode: actual } = await stat(path);

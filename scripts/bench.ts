@@ -1,0 +1,194 @@
+/**
+ * PKI benchmark: ensurePki for the three-node lab (fresh directory, and a re-run that reuses
+ * everything) next to an openssl-CLI baseline that generates the same keys and certificates, all
+ * measured in this one run. Prints figures only; `npm run bench -- --runs 7` for more runs.
+ */
+import { execFile } from "node:child_process";
+import { generateKeyPair } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { availableParallelism, cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import type { CertSpec, PkiTopology } from "../src/pki/index.js";
+import { ensurePki, planCertificates } from "../src/pki/index.js";
+import { threeNodeTopology } from "../test/helpers/pki-fixture.js";
+
+const execFileAsync = promisify(execFile);
+const generateKeyPairAsync = promisify(generateKeyPair);
+
+interface Stats {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function stats(samples: number[]): Stats {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  const median = sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  return { median, min: sorted[0]!, max: sorted.at(-1)! };
+}
+
+async function timed(action: () => Promise<unknown>): Promise<number> {
+  const start = performance.now();
+  await action();
+  return performance.now() - start;
+}
+
+async function openssl(args: string[], cwd: string): Promise<void> {
+  await execFileAsync("openssl", args, { cwd, timeout: 60_000 });
+}
+
+/** Run `tasks` with at most `limit` in flight. */
+async function pool(tasks: (() => Promise<void>)[], limit: number): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < tasks.length) await tasks[next++]!();
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+}
+
+function subjectArg(spec: Pick<CertSpec, "subject">): string {
+  const parts = [
+    ...spec.subject.organizations.map((o) => `O=${o}`),
+    `CN=${spec.subject.commonName}`,
+  ];
+  return `/${parts.join("/")}`;
+}
+
+/** The same CA, leaves and service-account pair, one `openssl` process per key and certificate. */
+async function opensslBaseline(
+  topology: PkiTopology,
+  dir: string,
+  parallel: number,
+): Promise<void> {
+  const config = join(dir, "req.cnf");
+  await writeFile(config, "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\n");
+  const days = String(topology.validityDays);
+  await openssl(
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-sha256",
+      "-config",
+      config,
+      "-keyout",
+      "ca-key.pem",
+      "-out",
+      "ca.pem",
+      "-days",
+      String(topology.validityDays * 10),
+      "-subj",
+      `/O=k8slab/CN=${topology.labName}-ca`,
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,digitalSignature,keyCertSign,cRLSign",
+      "-addext",
+      "subjectKeyIdentifier=hash",
+    ],
+    dir,
+  );
+  const leaves = planCertificates(topology).map((spec) => async () => {
+    const sans = [...spec.sans.dns.map((d) => `DNS:${d}`), ...spec.sans.ips.map((i) => `IP:${i}`)];
+    await openssl(
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-sha256",
+        "-config",
+        config,
+        "-keyout",
+        `${spec.name}-key.pem`,
+        "-out",
+        `${spec.name}.pem`,
+        "-days",
+        days,
+        "-subj",
+        subjectArg(spec),
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        `keyUsage=critical,${spec.keyUsage.join(",")}`,
+        "-addext",
+        `extendedKeyUsage=${spec.extKeyUsage.join(",")}`,
+        ...(sans.length > 0 ? ["-addext", `subjectAltName=${sans.join(",")}`] : []),
+      ],
+      dir,
+    );
+  });
+  const serviceAccount = async (): Promise<void> => {
+    await openssl(["genrsa", "-out", "service-account-key.pem", "2048"], dir);
+    await openssl(
+      ["rsa", "-in", "service-account-key.pem", "-pubout", "-out", "service-account.pem"],
+      dir,
+    );
+  };
+  await pool([...leaves, serviceAccount], parallel);
+}
+
+/** RSA-2048 key generation alone, as many keys as the PKI needs, in parallel: the floor. */
+async function keygenOnly(count: number): Promise<void> {
+  await Promise.all(
+    Array.from({ length: count }, () => generateKeyPairAsync("rsa", { modulusLength: 2048 })),
+  );
+}
+
+function parseRuns(argv: readonly string[]): number {
+  const at = argv.indexOf("--runs");
+  const value = at >= 0 ? Number(argv[at + 1]) : 5;
+  if (!Number.isInteger(value) || value < 1 || value > 50) {
+    throw new Error("--runs must be a whole number from 1 to 50");
+  }
+  return value;
+}
+
+function row(label: string, s: Stats): string {
+  const f = (ms: number): string => `${ms.toFixed(0).padStart(6)} ms`;
+  return `${label.padEnd(44)} median ${f(s.median)}   min ${f(s.min)}   max ${f(s.max)}`;
+}
+
+async function main(): Promise<void> {
+  const runs = parseRuns(process.argv.slice(2));
+  const topology = threeNodeTopology();
+  const keys = planCertificates(topology).length + 2;
+  const parallel = availableParallelism();
+  const root = await mkdtemp(join(tmpdir(), "k8slab-bench-"));
+  const fresh: number[] = [];
+  const rerun: number[] = [];
+  const cli: number[] = [];
+  const floor: number[] = [];
+  try {
+    for (let i = 0; i < runs; i++) {
+      const lab = join(root, `lab-${i}`);
+      fresh.push(await timed(() => ensurePki(lab, topology)));
+      rerun.push(await timed(() => ensurePki(lab, topology)));
+      const dir = await mkdtemp(join(root, `openssl-${i}-`));
+      cli.push(await timed(() => opensslBaseline(topology, dir, parallel)));
+      floor.push(await timed(() => keygenOnly(keys)));
+    }
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+  const cpu = cpus()[0]?.model.trim() ?? "unknown CPU";
+  console.log(
+    `k8slab PKI benchmark: three-node topology, ${keys} RSA-2048 keys, ${runs} runs, ` +
+      `${parallel} CPUs (${cpu}), Node ${process.version}`,
+  );
+  console.log(row("ensurePki, fresh directory", stats(fresh)));
+  console.log(row("ensurePki, re-run (everything reused)", stats(rerun)));
+  console.log(row(`openssl CLI baseline (${parallel} processes at once)`, stats(cli)));
+  console.log(row("node:crypto RSA keygen only (lower bound)", stats(floor)));
+}
+
+await main();
