@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use for real: vagrant validate, shellcheck, openssl, etcd 3.4 in network
 # namespaces, systemd-nspawn nodes built with debootstrap.
-packages=(vagrant shellcheck openssl etcd-server etcd-client iproute2 debootstrap systemd-container curl)
+packages=(vagrant shellcheck openssl etcd-server etcd-client iproute2 debootstrap debian-archive-keyring systemd-container wget curl ca-certificates)
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
 missing=()
