@@ -4,6 +4,7 @@ import { Command, CommanderError } from "commander";
 import { packageRoot } from "../lab/load.js";
 import { isK8slabError } from "../errors.js";
 import { defaultContext, say, type CliContext } from "./context.js";
+import { cacheCommand } from "./commands/cache.js";
 import { labsCommand } from "./commands/labs.js";
 import { renderCommand } from "./commands/render.js";
 import { validateCommand } from "./commands/validate.js";
@@ -22,8 +23,10 @@ export function buildProgram(ctx: CliContext): Command {
       writeErr: (s) => ctx.stderr.write(s),
     })
     .exitOverride();
-  for (const make of [labsCommand, validateCommand, renderCommand]) {
-    program.addCommand(make(ctx).copyInheritedSettings(program));
+  for (const make of [labsCommand, validateCommand, renderCommand, cacheCommand]) {
+    const command = make(ctx);
+    inheritSettings(command, program);
+    program.addCommand(command);
   }
   return program;
 }
@@ -33,6 +36,12 @@ function packageVersion(): string {
     version: string;
   };
   return pkg.version;
+}
+
+/** Output, exit override and help settings reach nested commands (`cache pull`) too. */
+function inheritSettings(command: Command, parent: Command): void {
+  command.copyInheritedSettings(parent);
+  for (const sub of command.commands) inheritSettings(sub, command);
 }
 
 /** Run the CLI and return the exit code; the only place that decides exit codes. */

@@ -63,13 +63,50 @@ const node = z
   })
   .describe("One VM.");
 
-const artifact = z.strictObject({
-  url: z
-    .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
-    .max(2048)
-    .refine((u) => !/['"`$\\\s<>]/.test(u), "must not contain quotes, spaces, '$' or backslashes"),
-  sha256: z.string().regex(SHA256, "must be 64 lowercase hex digits"),
-});
+/** A path inside an archive: relative, no "..", ordinary characters only. */
+const MEMBER = /^(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._+-][A-Za-z0-9._+/-]{0,255}$/;
+const BIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/;
+
+export const ARTIFACT_KINDS = ["archive", "binary", "image", "file"] as const;
+
+const artifact = z
+  .strictObject({
+    url: z
+      .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
+      .max(2048)
+      .refine(
+        (u) => !/['"`$\\\s<>]/.test(u),
+        "must not contain quotes, spaces, '$' or backslashes",
+      ),
+    sha256: z
+      .string()
+      .regex(SHA256, "must be 64 lowercase hex digits")
+      .optional()
+      .describe(
+        "Upstream's published checksum. Without one, `k8slab cache pull --pin` records the checksum of the first download and verifies against it afterwards.",
+      ),
+    kind: z
+      .enum(ARTIFACT_KINDS)
+      .default("archive")
+      .describe(
+        "archive: a .tar.gz whose `install` members go to /opt/k8slab/bin; binary: installed as /opt/k8slab/bin/<name>; image: a docker-archive loaded into Docker; file: kept in /opt/k8slab/files.",
+      ),
+    install: z
+      .record(
+        z.string().regex(MEMBER, "must be a relative path inside the archive"),
+        z.string().regex(BIN_NAME, "must be a plain program name"),
+      )
+      .default({})
+      .describe("archive members to install, as member path: program name"),
+    roles: z
+      .array(role)
+      .optional()
+      .describe("Only nodes with one of these roles fetch it (default: every node)."),
+  })
+  .refine((a) => a.kind !== "archive" || Object.keys(a.install).length > 0, {
+    message: "an archive needs `install:` (member path: program name)",
+    path: ["install"],
+  });
 
 export const labSchema = z
   .strictObject({

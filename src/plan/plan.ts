@@ -6,7 +6,9 @@ import { nthAddress, parseCidr } from "../util/ipv4.js";
 export const PHASES = [
   "base",
   "pki",
+  "artifacts",
   "etcd",
+  "flannel-config",
   "flannel",
   "docker",
   "kubelet",
@@ -26,6 +28,7 @@ export interface NodePlan extends LabNode {
   isEtcd: boolean;
   /** Runs a kubelet that registers as a schedulable node. */
   registers: boolean;
+  artifacts: PlannedArtifact[];
 }
 
 /** Everything derived from a lab that templates, PKI and probes need. */
@@ -54,6 +57,9 @@ export const VM_PATHS = {
   flannelSubnetEnv: "/run/flannel/subnet.env",
   flannelEtcdPrefix: "/coreos.com/network",
   stateDir: "/var/lib/k8slab",
+  artifactCache: "/var/cache/k8slab",
+  bin: "/opt/k8slab/bin",
+  files: "/opt/k8slab/files",
 } as const;
 
 function has(node: LabNode, role: Role): boolean {
@@ -67,15 +73,27 @@ function phasesFor(node: LabNode, lab: Lab, registers: boolean): Phase[] {
       case "etcd":
         return has(node, "etcd");
       case "control-plane":
+      case "flannel-config":
         return isMaster;
       case "kube-proxy":
         return registers;
       case "addons":
         return isMaster && lab.addons.length > 0;
+      case "artifacts":
+        return artifactsFor(node, lab).length > 0;
       default:
         return true;
     }
   });
+}
+
+export type PlannedArtifact = Lab["artifacts"][string] & { name: string };
+
+/** The artifacts a node fetches: those without a role filter, and those for one of its roles. */
+export function artifactsFor(node: LabNode, lab: Lab): PlannedArtifact[] {
+  return Object.entries(lab.artifacts)
+    .filter(([, a]) => !a.roles || a.roles.some((r) => node.roles.includes(r)))
+    .map(([name, a]) => ({ ...a, name }));
 }
 
 /** Derive the plan. The lab must already be valid (exactly one control-plane node). */
@@ -88,6 +106,7 @@ export function planLab(lab: Lab): LabPlan {
       isMaster,
       isEtcd: has(node, "etcd"),
       registers,
+      artifacts: artifactsFor(node, lab),
       phases: phasesFor(node, lab, registers),
     };
   });

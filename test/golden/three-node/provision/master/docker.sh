@@ -92,4 +92,34 @@ if [ "$changed" = yes ] && ip link show docker0 >/dev/null 2>&1; then
   ip link delete docker0 || true
 fi
 ensure_service docker.service "$changed"
+
+docker_bin=$(need_bin docker)
+for _ in $(seq 1 30); do
+  "$docker_bin" info >/dev/null 2>&1 && break
+  sleep 2
+done
+"$docker_bin" info >/dev/null 2>&1 || die "docker does not answer; see: journalctl -u docker"
+
+# Images come from the host too: image artifacts are loaded once; the control plane's hyperkube
+# image and the pod infrastructure image are built here from local programs when no registry
+# copy is present, so the cluster needs no registry at all.
+marks=/var/lib/k8slab
+install -d -m 0755 "$marks"
+build_image() { # IMAGE ENTRYPOINT-JSON FILE... : an image holding just these files and their libraries
+  local image=$1 entrypoint=$2 root
+  shift 2
+  "$docker_bin" image inspect "$image" >/dev/null 2>&1 && return 0
+  root=$(mktemp -d)
+  for f in "$@"; do
+    install -D "$f" "$root$f"
+    for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do install -D "$lib" "$root$lib"; done
+  done
+  tar -C "$root" -c . | "$docker_bin" import --change "ENTRYPOINT $entrypoint" - "$image" >/dev/null
+  rm -rf "$root"
+  log "image $image built from $*"
+}
+build_image gcr.io/google_containers/pause-amd64:3.1 '["/bin/sleep","infinity"]' "$(command -v sleep)"
+if [ -x /opt/k8slab/bin/hyperkube ]; then
+  build_image gcr.io/google_containers/hyperkube:v1.9.3 '["/hyperkube"]' /opt/k8slab/bin/hyperkube
+fi
 log "done"

@@ -59,29 +59,6 @@ ensure_service() {
   fi
 }
 
-# flannel v0.10 reads its network from etcd's v2 keyspace (invisible to the v3 API).
-etcd_endpoints=https://192.168.56.165:2379,https://192.168.56.166:2379,https://192.168.56.167:2379
-prefix=/coreos.com/network
-etcd_v2() {
-  ETCDCTL_API=2 etcdctl --endpoints "$etcd_endpoints" \
-    --ca-file /etc/kubernetes/pki/ca.pem \
-    --cert-file /etc/kubernetes/pki/etcd-client-flannel.pem \
-    --key-file /etc/kubernetes/pki/etcd-client-flannel-key.pem "$@"
-}
-network_config='{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
-
-if command -v etcdctl >/dev/null 2>&1; then
-  if ! current=$(etcd_v2 get "$prefix/config" 2>/dev/null); then
-    # Written once; "mk" fails if another node wrote it first, which is fine.
-    etcd_v2 mk "$prefix/config" "$network_config" >/dev/null 2>&1 ||
-      etcd_v2 get "$prefix/config" >/dev/null 2>&1 ||
-      die "etcd has no quorum yet, so flannel's network cannot be written; run this phase again once every etcd member runs"
-    log "flannel network written to etcd: $network_config"
-  elif [ "$current" != "$network_config" ]; then
-    log "warning: etcd holds a different flannel network ($current); leaving it as it is"
-  fi
-fi
-
 flanneld_bin=$(need_bin flanneld)
 # --iface: the private NIC. Vagrant's eth0 is NAT with the same 10.0.2.15 on every VM.
 put_file /etc/systemd/system/flanneld.service 0644 <<UNIT

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# k8slab lab single-node, node k8s, phase flannel-config.
+# Rendered from the lab file; safe to run again: a second run changes nothing.
+set -Eeuo pipefail
+export LC_ALL=C
+
+K8SLAB_PHASE=flannel-config
+K8SLAB_NODE=k8s
+on_error() {
+  local rc=$?
+  echo "k8slab: phase ${K8SLAB_PHASE} failed on ${K8SLAB_NODE} at line $1 (exit ${rc})" >&2
+}
+trap 'on_error ${LINENO}' ERR
+
+log() { echo "[${K8SLAB_NODE} ${K8SLAB_PHASE}] $*"; }
+die() {
+  echo "k8slab: phase ${K8SLAB_PHASE} on ${K8SLAB_NODE}: $*" >&2
+  exit 1
+}
+
+# put_file PATH MODE < content: write only when the content differs, then set CHANGED=yes.
+CHANGED=no
+put_file() {
+  local path=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$path")"
+  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  # mv is atomic; a bind-mounted target (/etc/hosts in a container) needs a copy instead.
+  mv -f "$tmp" "$path" 2>/dev/null || { cat "$tmp" >"$path" && chmod "$mode" "$path" && rm -f "$tmp"; }
+  # shellcheck disable=SC2034 # read by the phase after put_file
+  CHANGED=yes
+  log "wrote $path"
+}
+
+# need_bin NAME: the path of a program, from the lab's artifacts (/opt/k8slab/bin) or the box.
+need_bin() {
+  local path
+  path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
+  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  echo "$path"
+}
+
+# ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+ensure_service() {
+  local unit=$1 changed=$2
+  systemctl daemon-reload
+  systemctl enable "$unit" >/dev/null 2>&1
+  if [ "$changed" = yes ]; then
+    systemctl restart --no-block "$unit"
+    log "$unit restarted"
+  elif ! systemctl is-active --quiet "$unit"; then
+    systemctl start --no-block "$unit"
+    log "$unit started"
+  fi
+}
+
+# flannel v0.10 reads its network from etcd's v2 keyspace (invisible to the v3 API).
+etcd_endpoints=https://192.168.56.160:2379
+prefix=/coreos.com/network
+etcd_v2() {
+  ETCDCTL_API=2 "$etcdctl_bin" --endpoints "$etcd_endpoints" \
+    --ca-file /etc/kubernetes/pki/ca.pem \
+    --cert-file /etc/kubernetes/pki/etcd-client-flannel.pem \
+    --key-file /etc/kubernetes/pki/etcd-client-flannel-key.pem "$@"
+}
+network_config='{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
+
+etcdctl_bin=$(need_bin etcdctl)
+etcd_v2 cluster-health >/dev/null 2>&1 ||
+  die "etcd has no quorum yet, so flannel's network cannot be written; run this phase again once a majority of etcd members run"
+if ! current=$(etcd_v2 get "$prefix/config" 2>/dev/null); then
+  # Written once: "mk" refuses to overwrite a config another run wrote first.
+  etcd_v2 mk "$prefix/config" "$network_config" >/dev/null
+  log "flannel network written to etcd: $network_config"
+elif [ "$current" != "$network_config" ]; then
+  log "warning: etcd holds another flannel network ($current); leaving it (pods already use it)"
+fi
+log "done"
