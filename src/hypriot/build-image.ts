@@ -16,6 +16,7 @@ import {
   type Step,
 } from "./builder.js";
 import {
+  checkAdvertiseHost,
   DEFAULT_KERNEL_PORT,
   startKernelServer,
   VIRTUALBOX_NAT_HOST,
@@ -85,6 +86,7 @@ export interface BuildHypriotImageResult {
   versionsConfigWritten: boolean;
   versionsConfigText: string;
   versions: VersionsConfig;
+  /** Dry run: every command a build would run, in order; real run: the commands that ran. */
   plan: PlannedCommand[];
   logFile: string;
   kernel?: { file: string; url: string };
@@ -132,7 +134,10 @@ export async function buildHypriotImage(
     });
     return { ...v, VERSION: version };
   };
-  if (options.kernelDeb) await checkKernelDeb(options.kernelDeb, options.cwd);
+  if (options.kernelDeb) {
+    await checkKernelDeb(options.kernelDeb, options.cwd);
+    checkAdvertiseHost(kernelHost);
+  }
   // Validate with the planned URL (port 0 is not known yet: check with a stand-in).
   let versions = configured(plannedKernelUrl?.replace(":PORT/", ":1/"));
 

@@ -37,7 +37,7 @@ function netmask(prefix: number): string {
  * configures eth0 with dhcpcd, whose /etc/dhcpcd.conf takes `static` lines (the hypriot/flash
  * static.yml sample); 1.7/1.8 (jessie) use ifupdown and /etc/network/interfaces.d/eth0.
  */
-function staticNetwork(lab: PiLab, b: PiBoard): { writeFiles: object[]; runcmd: string[][] } {
+function staticNetwork(lab: PiLab, b: PiBoard): { writeFiles: object[]; runcmd: string[] } {
   if (b.ip === undefined || lab.network.cidr === undefined) return { writeFiles: [], runcmd: [] };
   const prefix = parseCidr(lab.network.cidr).prefix;
   const { gateway, dns } = lab.network;
@@ -54,7 +54,7 @@ function staticNetwork(lab: PiLab, b: PiBoard): { writeFiles: object[]; runcmd: 
     ].join("\n");
     return {
       writeFiles: [{ path: "/etc/network/interfaces.d/eth0", permissions: "0644", content }],
-      runcmd: [["sh", "-c", "ifdown eth0; ifup eth0"]],
+      runcmd: ["ifdown eth0; ifup eth0"],
     };
   }
   const content = [
@@ -77,7 +77,7 @@ function staticNetwork(lab: PiLab, b: PiBoard): { writeFiles: object[]; runcmd: 
   ].join("\n");
   return {
     writeFiles: [{ path: "/etc/dhcpcd.conf", permissions: "0644", content }],
-    runcmd: [["systemctl", "restart", "dhcpcd"]],
+    runcmd: ["systemctl restart dhcpcd"],
   };
 }
 
@@ -109,7 +109,7 @@ export function renderUserData(lab: PiLab, b: PiBoard): string {
     ],
     ...(net.writeFiles.length > 0 ? { write_files: net.writeFiles } : {}),
     // Pick up the hostname for avahi (<hostname>.local), then apply the static address.
-    runcmd: [["systemctl", "restart", "avahi-daemon"], ...net.runcmd],
+    runcmd: ["systemctl restart avahi-daemon", ...net.runcmd],
   };
   const header = [
     "#cloud-config",

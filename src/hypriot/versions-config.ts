@@ -4,7 +4,7 @@ import { z } from "zod";
 import { K8slabError } from "../errors.js";
 import type { RuleProblem } from "../lab/problems.js";
 import { validateYamlText } from "../lab/validate-yaml.js";
-import { InvalidFileError } from "./invalid-file.js";
+import { InvalidFileError } from "../lab/problems.js";
 
 /**
  * The inputs of image-builder-rpi's `versions.config`, which its builder/build.sh sources with bash

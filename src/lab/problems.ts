@@ -23,18 +23,26 @@ export function formatProblem(p: Problem): string {
   return `${head ? `${head}: ` : ""}${severity}${p.message}${hint}`;
 }
 
-/** A lab file with errors: every problem is carried, not just the first. Exit code 2. */
-export class LabInvalidError extends K8slabError {
+/** A YAML input with errors: every problem is listed with file:line:col and its dotted path. Exit 2. */
+export class InvalidFileError extends K8slabError {
   readonly problems: Problem[];
 
-  constructor(file: string, problems: Problem[]) {
+  constructor(file: string, what: string, problems: Problem[], hint: string) {
     const errors = problems.filter((p) => p.severity === "error");
     super(
-      `${file} is not a valid lab (${errors.length} error${errors.length === 1 ? "" : "s"}):\n` +
+      `${file} is not a valid ${what} (${errors.length} error${errors.length === 1 ? "" : "s"}):\n` +
         problems.map((p) => `  ${formatProblem(p)}`).join("\n"),
-      { exitCode: 2, hint: `fix the lines above, then run: k8slab validate ${file}` },
+      { exitCode: 2, hint },
     );
-    this.name = "LabInvalidError";
+    this.name = "InvalidFileError";
     this.problems = problems;
+  }
+}
+
+/** A lab file with errors. */
+export class LabInvalidError extends InvalidFileError {
+  constructor(file: string, problems: Problem[]) {
+    super(file, "lab", problems, `fix the lines above, then run: k8slab validate ${file}`);
+    this.name = "LabInvalidError";
   }
 }
