@@ -4,7 +4,18 @@ import { Command, CommanderError } from "commander";
 import { packageRoot } from "../lab/load.js";
 import { isK8slabError } from "../errors.js";
 import { defaultContext, say, type CliContext } from "./context.js";
+import { buildHypriotImageCommand } from "./commands/build-hypriot-image.js";
 import { cacheCommand } from "./commands/cache.js";
+import { createCommand } from "./commands/create.js";
+import {
+  destroyCommand,
+  doctorCommand,
+  kubeconfigCommand,
+  provisionCommand,
+  sshCommand,
+  statusCommand,
+} from "./commands/lifecycle.js";
+import { flashConfigCommand } from "./commands/flash-config.js";
 import { labsCommand } from "./commands/labs.js";
 import { renderCommand } from "./commands/render.js";
 import { validateCommand } from "./commands/validate.js";
@@ -23,7 +34,21 @@ export function buildProgram(ctx: CliContext): Command {
       writeErr: (s) => ctx.stderr.write(s),
     })
     .exitOverride();
-  for (const make of [labsCommand, validateCommand, renderCommand, cacheCommand]) {
+  for (const make of [
+    createCommand,
+    labsCommand,
+    validateCommand,
+    renderCommand,
+    statusCommand,
+    provisionCommand,
+    sshCommand,
+    kubeconfigCommand,
+    destroyCommand,
+    doctorCommand,
+    cacheCommand,
+    buildHypriotImageCommand,
+    flashConfigCommand,
+  ]) {
     const command = make(ctx);
     inheritSettings(command, program);
     program.addCommand(command);

@@ -57,6 +57,8 @@ export interface NspawnNode {
   exec(cmd: string, opts?: { timeoutMs?: number }): Promise<ExecResult>;
   /** Copies a host file or directory (recursively) to an absolute path inside the node. */
   copyIn(hostPath: string, nodePath: string): Promise<void>;
+  /** Host PID of the container's init: `nsenter --target <leader> --all --root` enters the node. */
+  leader: number;
 }
 
 export interface NspawnCluster {
@@ -65,6 +67,8 @@ export interface NspawnCluster {
   /** Host directory holding the node copies (removed by stop()). */
   workDir: string;
   nodes: NspawnNode[];
+  /** The namespace holding the bridge br0 that joins the nodes' eth1. */
+  bridgeNetns: string;
   /** Idempotent: powers off and kills the containers, removes namespaces, mounts and copies. */
   stop(): Promise<void>;
 }
@@ -817,6 +821,7 @@ export async function startNspawnCluster(
     return {
       name: s.spec.name,
       ip: s.spec.ip,
+      leader: s.leader!,
       exec: (cmd, opts) => execIn(s, ["/bin/bash", "-c", cmd], opts),
       copyIn: async (hostPath, nodePath) => {
         if (!nodePath.startsWith("/")) throw new Error(`copyIn: ${nodePath} is not absolute`);
@@ -1026,5 +1031,5 @@ export async function startNspawnCluster(
     throw error;
   }
 
-  return { id, workDir, nodes: states.map(makeNode), stop };
+  return { id, workDir, bridgeNetns: bridgeNs, nodes: states.map(makeNode), stop };
 }

@@ -1,0 +1,211 @@
+import { createInterface } from "node:readline/promises";
+import { join } from "node:path";
+import { Command, Option } from "commander";
+import { runDoctor } from "../../doctor/doctor.js";
+import { K8slabError } from "../../errors.js";
+import { loadLab } from "../../lab/load.js";
+import { PROVIDERS, type Lab } from "../../lab/schema.js";
+import { mergeKubeconfig, userKubeconfigPath } from "../../lifecycle/kubeconfig.js";
+import { openLab } from "../../lifecycle/open-lab.js";
+import { destroyLab, labStatus, labVagrant, provisionLab } from "../../lifecycle/ops.js";
+import { PHASES, type Phase } from "../../plan/plan.js";
+import { printJson, printResult, say, type CliContext } from "../context.js";
+import { abortOnSigint, interruptible } from "./create.js";
+
+const labArg = ["[lab]", "lab name or file (default: the lab directory you are in)"] as const;
+const dirOption = [
+  "-d, --dir <dir>",
+  "lab directory (default: ./<lab name>, or the current directory)",
+] as const;
+
+export function statusCommand(ctx: CliContext): Command {
+  return new Command("status")
+    .description("VM states, etcd members, nodes, addons and certificate expiry of a lab")
+    .argument(...labArg)
+    .option(...dirOption)
+    .option("--json", "print the status as JSON on stdout")
+    .action(async (lab: string | undefined, opts: { dir?: string; json?: boolean }) => {
+      const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
+      const status = await labStatus(open, { env: ctx.env });
+      if (opts.json) return printJson(ctx, status);
+      printResult(ctx, `lab ${status.lab} in ${status.dir}`);
+      for (const m of status.machines)
+        printResult(ctx, `  vm ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`);
+      const stages = Object.keys(status.stages);
+      printResult(ctx, `  stages verified: ${stages.length ? stages.join(", ") : "none yet"}`);
+      if (status.etcd) {
+        printResult(ctx, `  etcd: ${status.etcd.detail}`);
+        for (const m of status.etcd.members)
+          printResult(ctx, `    member ${m.name} ${m.peerURLs.join(",")}`);
+      }
+      if (status.nodes) printResult(ctx, `  nodes: ${status.nodes.detail}`);
+      if (status.addons) printResult(ctx, `  addons: ${status.addons.detail}`);
+      const soon = status.certificates;
+      printResult(
+        ctx,
+        soon.length
+          ? `  certificates: ${soon.length} expire within 30 days (first: ${soon[0]!.name} in ${soon[0]!.daysLeft} days); k8slab render re-issues them`
+          : "  certificates: none expire within 30 days",
+      );
+    });
+}
+
+export function provisionCommand(ctx: CliContext): Command {
+  return new Command("provision")
+    .description(
+      "run one provisioning phase (or every phase, in order) again on every node that has it",
+    )
+    .argument(...labArg)
+    .option(...dirOption)
+    .addOption(new Option("--phase <phase>", "the phase to run").choices(PHASES))
+    .action(async (lab: string | undefined, opts: { dir?: string; phase?: Phase }) => {
+      const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
+      const { signal, dispose } = abortOnSigint();
+      try {
+        const { ran } = await interruptible(signal, () =>
+          provisionLab(open, {
+            env: ctx.env,
+            phase: opts.phase,
+            signal,
+            onLine: (line) => say(ctx, `    ${line}`),
+          }),
+        );
+        for (const r of ran) say(ctx, `${r.node}: ran ${r.provisioners.join(", ")}`);
+      } finally {
+        dispose();
+      }
+    });
+}
+
+export function sshCommand(ctx: CliContext): Command {
+  return new Command("ssh")
+    .description("open a shell on a node (vagrant ssh), or run a command there with -c")
+    .argument("<node>", "node name, e.g. master")
+    .option(...dirOption)
+    .option("-c, --command <command>", "run this command instead of a shell")
+    .action(async (node: string, opts: { dir?: string; command?: string }) => {
+      const open = await openLab({ cwd: ctx.cwd, dir: opts.dir });
+      if (!open.plan.nodes.some((n) => n.name === node)) {
+        throw new K8slabError(`no node ${JSON.stringify(node)} in lab ${open.lab.name}`, {
+          exitCode: 2,
+          hint: `nodes: ${open.plan.nodes.map((n) => n.name).join(", ")}`,
+        });
+      }
+      const vagrant = labVagrant(open, { env: ctx.env });
+      if (opts.command) {
+        ctx.stdout.write(await vagrant.sshCommand(node, opts.command));
+        return;
+      }
+      await vagrant.sshInteractive(node);
+    });
+}
+
+export function kubeconfigCommand(ctx: CliContext): Command {
+  return new Command("kubeconfig")
+    .description(
+      "print the lab's admin kubeconfig path and the export KUBECONFIG= line; --merge adds it to yours",
+    )
+    .argument(...labArg)
+    .option(...dirOption)
+    .option(
+      "--merge",
+      "add the lab's cluster, user and context to your kubeconfig (a backup is kept)",
+    )
+    .action(async (lab: string | undefined, opts: { dir?: string; merge?: boolean }) => {
+      const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
+      const path = join(open.dir, "pki", "admin.kubeconfig");
+      if (!opts.merge) {
+        printResult(ctx, path);
+        printResult(ctx, `export KUBECONFIG=${path}`);
+        return;
+      }
+      const merged = await mergeKubeconfig(path, userKubeconfigPath(ctx.env));
+      say(
+        ctx,
+        `added context ${merged.context} to ${merged.target}${merged.backup ? ` (backup: ${merged.backup})` : ""}`,
+      );
+      say(ctx, `kubectl --context ${merged.context} get nodes`);
+    });
+}
+
+async function confirm(ctx: CliContext, question: string): Promise<boolean> {
+  if (!process.stdin.isTTY || !ctx.interactive) {
+    throw new K8slabError("destroy needs confirmation and there is no terminal to ask", {
+      hint: "run it with --force",
+      exitCode: 2,
+    });
+  }
+  const rl = createInterface({ input: process.stdin, output: ctx.stderr });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+export function destroyCommand(ctx: CliContext): Command {
+  return new Command("destroy")
+    .description("destroy every VM of a lab; the PKI is kept unless --purge")
+    .argument(...labArg)
+    .option(...dirOption)
+    .option("-f, --force", "do not ask")
+    .option("--purge", "also delete the lab directory with its PKI and logs")
+    .action(
+      async (lab: string | undefined, opts: { dir?: string; force?: boolean; purge?: boolean }) => {
+        const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
+        const what = `destroy the ${open.plan.nodes.length} VMs of lab ${open.lab.name}${opts.purge ? ` and delete ${open.dir}` : ""}?`;
+        if (!opts.force && !(await confirm(ctx, what))) {
+          say(ctx, "nothing destroyed");
+          return;
+        }
+        await destroyLab(open, { env: ctx.env, purge: opts.purge ?? false });
+        say(
+          ctx,
+          `destroyed lab ${open.lab.name}${opts.purge ? "" : `; the PKI stays in ${join(open.dir, "pki")}`}`,
+        );
+      },
+    );
+}
+
+export function doctorCommand(ctx: CliContext): Command {
+  return new Command("doctor")
+    .description(
+      "check the host: Vagrant, the provider, VirtualBox's host-only range, RAM, CPUs, disk and routes",
+    )
+    .argument("[lab]", "check against this lab's needs (default: three-node)")
+    .addOption(
+      new Option("--provider <provider>", "provider to check (default: the lab's)").choices(
+        PROVIDERS,
+      ),
+    )
+    .option("-d, --dir <dir>", "where the lab directory goes (for the disk check)")
+    .option("--json", "print the checks as JSON on stdout")
+    .action(
+      async (
+        ref: string | undefined,
+        opts: { provider?: Lab["provider"]["name"]; dir?: string; json?: boolean },
+      ) => {
+        const { lab } = await loadLab(ref ?? "three-node", { cwd: ctx.cwd });
+        const items = await runDoctor({
+          lab,
+          provider: opts.provider ?? lab.provider.name,
+          dir: opts.dir ?? ctx.cwd,
+        });
+        if (opts.json) printJson(ctx, items);
+        else {
+          for (const i of items) {
+            printResult(
+              ctx,
+              `${i.verdict.toUpperCase().padEnd(4)} ${i.name}: ${i.detail}${i.hint ? `\n     hint: ${i.hint}` : ""}`,
+            );
+          }
+        }
+        const failing = items.filter((i) => i.verdict === "fail");
+        if (failing.length > 0) {
+          throw new K8slabError(
+            `${failing.length} check${failing.length === 1 ? "" : "s"} failed: ${failing.map((f) => f.name).join(", ")}`,
+          );
+        }
+      },
+    );
+}

@@ -1,0 +1,142 @@
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { cacheDir, pullArtifacts, serveArtifacts } from "../artifacts/index.js";
+import { readState, statePath } from "../converge/state.js";
+import { provisionersFor } from "../converge/stages.js";
+import { K8slabError } from "../errors.js";
+import { checkPkiExpiry, type ExpiryWarning } from "../pki/index.js";
+import { PHASES, type LabPlan, type Phase } from "../plan/plan.js";
+import { checkAddons, checkEtcd, checkNodesReady, type CheckResult } from "../probe/checks.js";
+import { HttpsTransport, SshTransport, tcpReachable, type Transport } from "../probe/transport.js";
+import type { Runner } from "../util/exec.js";
+import { nthAddress, parseCidr } from "../util/ipv4.js";
+import type { MachineStatus } from "../vagrant/machine-readable.js";
+import { Vagrant } from "../vagrant/vagrant.js";
+import type { OpenLab } from "./open-lab.js";
+
+export interface LabRunOptions {
+  env: NodeJS.ProcessEnv;
+  runner?: Runner | undefined;
+  signal?: AbortSignal | undefined;
+  onLine?: ((line: string) => void) | undefined;
+  provider?: string | undefined;
+}
+
+export function labVagrant(open: OpenLab, options: LabRunOptions): Vagrant {
+  return new Vagrant({
+    cwd: open.dir,
+    logDir: join(open.dir, "logs"),
+    env: { ...options.env, VAGRANT_DEFAULT_PROVIDER: options.provider ?? open.lab.provider.name },
+    ...(options.runner ? { runner: options.runner } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.onLine ? { onLine: options.onLine } : {}),
+  });
+}
+
+/** Run `fn` with the lab's artifacts served to its VMs (when it lists any); env for provisioners. */
+export async function withArtifacts<T>(
+  plan: LabPlan,
+  options: LabRunOptions,
+  fn: (env: Record<string, string>) => Promise<T>,
+): Promise<T> {
+  if (Object.keys(plan.lab.artifacts).length === 0) return fn({});
+  const pulled = await pullArtifacts(plan.lab, {
+    cache: cacheDir(options.env),
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  const server = await serveArtifacts(pulled, {
+    advertise: nthAddress(parseCidr(plan.lab.network.hostOnly), 1),
+    allow: [plan.lab.network.hostOnly],
+  });
+  try {
+    return await fn({ K8SLAB_ARTIFACTS_URL: server.url });
+  } finally {
+    await server.close();
+  }
+}
+
+/** HTTPS from the host when the private network is routed here; else curl on the master. */
+export async function chooseTransport(
+  plan: LabPlan,
+  pkiDir: string,
+  vagrant: Vagrant,
+): Promise<Transport> {
+  if (await tcpReachable(plan.master.ip, 22)) return new HttpsTransport(pkiDir);
+  return new SshTransport(
+    (command, timeoutMs) => vagrant.sshCommand(plan.master.name, command, timeoutMs),
+    plan.paths.pki,
+  );
+}
+
+/** `k8slab provision [--phase P]`: one phase, or every phase in order, on every node that has it. */
+export async function provisionLab(
+  open: OpenLab,
+  options: LabRunOptions & { phase?: Phase | undefined },
+): Promise<{ ran: { node: string; provisioners: string[] }[] }> {
+  if (options.phase && !PHASES.includes(options.phase)) {
+    throw new K8slabError(`unknown phase ${JSON.stringify(options.phase)}`, {
+      exitCode: 2,
+      hint: `phases: ${PHASES.join(", ")}`,
+    });
+  }
+  const phases = options.phase ? [options.phase] : [...PHASES];
+  const vagrant = labVagrant(open, options);
+  const ran: { node: string; provisioners: string[] }[] = [];
+  await withArtifacts(open.plan, options, async (env) => {
+    for (const node of open.plan.nodes) {
+      const provisioners = provisionersFor(node, phases);
+      if (provisioners.length === 0) continue;
+      await vagrant.provision(node.name, provisioners, env);
+      ran.push({ node: node.name, provisioners });
+    }
+  });
+  if (ran.length === 0) {
+    throw new K8slabError(`no node runs the phase ${options.phase}`, { exitCode: 2 });
+  }
+  return { ran };
+}
+
+export interface LabStatus {
+  dir: string;
+  lab: string;
+  machines: MachineStatus[];
+  stages: Record<string, { verifiedAt: string; detail: string }>;
+  etcd?: CheckResult & { members: { name: string; peerURLs: string[] }[] };
+  nodes?: CheckResult & { ready: string[] };
+  addons?: CheckResult;
+  certificates: ExpiryWarning[];
+}
+
+/** `k8slab status`: VM states, etcd members, nodes, addons and certificate expiry. */
+export async function labStatus(open: OpenLab, options: LabRunOptions): Promise<LabStatus> {
+  const vagrant = labVagrant(open, options);
+  const machines = await vagrant.status();
+  const state = await readState(open.dir, open.lab.name);
+  const certificates = await checkPkiExpiry(open.dir);
+  const status: LabStatus = {
+    dir: open.dir,
+    lab: open.lab.name,
+    machines,
+    stages: state.stages,
+    certificates,
+  };
+  const masterUp = machines.find((m) => m.name === open.plan.master.name)?.state === "running";
+  if (!masterUp) return status;
+  const transport = await chooseTransport(open.plan, join(open.dir, "pki"), vagrant);
+  status.etcd = await checkEtcd(open.plan, transport);
+  if (state.stages["control-plane"]) {
+    status.nodes = await checkNodesReady(open.plan, transport);
+    status.addons = await checkAddons(open.plan, transport);
+  }
+  return status;
+}
+
+/** `k8slab destroy`: every VM goes; the PKI stays unless purge (then the whole lab directory). */
+export async function destroyLab(
+  open: OpenLab,
+  options: LabRunOptions & { purge: boolean },
+): Promise<void> {
+  await labVagrant(open, options).destroy();
+  await rm(statePath(open.dir), { force: true });
+  if (options.purge) await rm(open.dir, { recursive: true, force: true });
+}

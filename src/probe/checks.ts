@@ -1,0 +1,195 @@
+import type { LabPlan } from "../plan/plan.js";
+import { PORTS } from "../plan/plan.js";
+import type { Transport } from "./transport.js";
+
+/** What one look at the cluster found: whether the goal is met, and what was seen. */
+export interface CheckResult {
+  ok: boolean;
+  /** One line for people: what was seen, e.g. "2 of 3 etcd members healthy (minion2: refused)". */
+  detail: string;
+}
+
+const TIMEOUT_MS = 5_000;
+
+function reason(error: unknown): string {
+  const e = error as NodeJS.ErrnoException;
+  if (e?.code === "ECONNREFUSED") return "connection refused";
+  if (e?.code === "EHOSTUNREACH" || e?.code === "ENETUNREACH") return "unreachable";
+  return (e?.message ?? String(error)).split("\n")[0]!.slice(0, 120);
+}
+
+export interface EtcdMember {
+  name: string;
+  peerURLs: string[];
+  clientURLs: string[];
+}
+
+/** etcd has quorum: a majority of members answer /health, and every planned member is listed. */
+export async function checkEtcd(
+  plan: LabPlan,
+  t: Transport,
+): Promise<CheckResult & { members: EtcdMember[] }> {
+  const seen = await Promise.all(
+    plan.etcdMembers.map(async (m) => {
+      try {
+        const res = await t.get(`https://${m.ip}:${PORTS.etcdClient}/health`, "etcd", TIMEOUT_MS);
+        const healthy = res.status === 200 && /"health"\s*:\s*"?true/.test(res.body);
+        return {
+          name: m.name,
+          ip: m.ip,
+          healthy,
+          why: healthy ? "" : `HTTP ${res.status} ${res.body.trim().slice(0, 80)}`,
+        };
+      } catch (error) {
+        return { name: m.name, ip: m.ip, healthy: false, why: reason(error) };
+      }
+    }),
+  );
+  const healthy = seen.filter((s) => s.healthy);
+  let members: EtcdMember[] = [];
+  if (healthy.length > 0) {
+    try {
+      const res = await t.get(
+        `https://${healthy[0]!.ip}:${PORTS.etcdClient}/v2/members`,
+        "etcd",
+        TIMEOUT_MS,
+      );
+      members = (JSON.parse(res.body) as { members?: EtcdMember[] }).members ?? [];
+    } catch {
+      members = [];
+    }
+  }
+  const need = Math.floor(plan.etcdMembers.length / 2) + 1;
+  const missing = plan.etcdMembers.filter((m) => !members.some((x) => x.name === m.name));
+  const problems = seen.filter((s) => !s.healthy).map((s) => `${s.name}: ${s.why}`);
+  const ok = healthy.length >= need && missing.length === 0;
+  const detail =
+    `${healthy.length} of ${plan.etcdMembers.length} etcd members healthy (quorum needs ${need})` +
+    (members.length ? `, ${members.length} listed` : "") +
+    (problems.length ? `; ${problems.join(", ")}` : "");
+  return { ok, detail, members };
+}
+
+/** flannel's network config is in etcd's v2 keyspace and matches the lab. */
+export async function checkFlannelNetwork(plan: LabPlan, t: Transport): Promise<CheckResult> {
+  const key = `${plan.paths.flannelEtcdPrefix}/config`;
+  const errors: string[] = [];
+  for (const m of plan.etcdMembers) {
+    try {
+      const res = await t.get(
+        `https://${m.ip}:${PORTS.etcdClient}/v2/keys${key}`,
+        "etcd",
+        TIMEOUT_MS,
+      );
+      if (res.status === 404) return { ok: false, detail: `${key} is not in etcd yet` };
+      const value = (JSON.parse(res.body) as { node?: { value?: string } }).node?.value ?? "";
+      const network = (JSON.parse(value) as { Network?: string }).Network;
+      return network === plan.lab.cluster.podNetwork
+        ? { ok: true, detail: `${key} holds ${value}` }
+        : {
+            ok: false,
+            detail: `${key} holds network ${network}, not ${plan.lab.cluster.podNetwork}`,
+          };
+    } catch (error) {
+      errors.push(`${m.name}: ${reason(error)}`);
+    }
+  }
+  return { ok: false, detail: `cannot read ${key} (${errors.join(", ")})` };
+}
+
+export async function checkApiServer(plan: LabPlan, t: Transport): Promise<CheckResult> {
+  try {
+    const res = await t.get(`${plan.apiServerUrl}/healthz`, "admin", TIMEOUT_MS);
+    return res.status === 200 && res.body.trim() === "ok"
+      ? { ok: true, detail: "API server /healthz: ok" }
+      : {
+          ok: false,
+          detail: `API server /healthz: HTTP ${res.status} ${res.body.trim().slice(0, 100)}`,
+        };
+  } catch (error) {
+    return { ok: false, detail: `API server: ${reason(error)}` };
+  }
+}
+
+interface NodeList {
+  items?: {
+    metadata: { name: string };
+    status?: { conditions?: { type: string; status: string }[] };
+  }[];
+}
+
+export async function checkNodesReady(
+  plan: LabPlan,
+  t: Transport,
+): Promise<CheckResult & { ready: string[] }> {
+  const expected = plan.nodes.filter((n) => n.registers).map((n) => n.name);
+  try {
+    const res = await t.get(`${plan.apiServerUrl}/api/v1/nodes`, "admin", TIMEOUT_MS);
+    if (res.status !== 200)
+      return { ok: false, ready: [], detail: `GET /api/v1/nodes: HTTP ${res.status}` };
+    const items = (JSON.parse(res.body) as NodeList).items ?? [];
+    const ready = items
+      .filter((n) => n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"))
+      .map((n) => n.metadata.name);
+    const waiting = expected.filter((n) => !ready.includes(n));
+    const registered = items.map((n) => n.metadata.name);
+    return {
+      ok: waiting.length === 0,
+      ready,
+      detail:
+        waiting.length === 0
+          ? `all ${expected.length} nodes Ready`
+          : `${ready.length} of ${expected.length} nodes Ready; waiting for ${waiting
+              .map((n) =>
+                registered.includes(n) ? `${n} (registered, not Ready)` : `${n} (not registered)`,
+              )
+              .join(", ")}`,
+    };
+  } catch (error) {
+    return { ok: false, ready: [], detail: `nodes: ${reason(error)}` };
+  }
+}
+
+const ADDON_APPS: Record<string, string> = {
+  "kube-dns": "kube-dns",
+  dashboard: "kubernetes-dashboard",
+};
+
+interface PodList {
+  items?: {
+    metadata: { name: string; labels?: Record<string, string> };
+    status?: { phase?: string; containerStatuses?: { ready: boolean }[] };
+  }[];
+}
+
+export async function checkAddons(plan: LabPlan, t: Transport): Promise<CheckResult> {
+  if (plan.lab.addons.length === 0) return { ok: true, detail: "no addons" };
+  try {
+    const res = await t.get(
+      `${plan.apiServerUrl}/api/v1/namespaces/kube-system/pods`,
+      "admin",
+      TIMEOUT_MS,
+    );
+    if (res.status !== 200)
+      return { ok: false, detail: `GET kube-system pods: HTTP ${res.status}` };
+    const pods = (JSON.parse(res.body) as PodList).items ?? [];
+    const states = plan.lab.addons.map((addon) => {
+      const mine = pods.filter((p) => p.metadata.labels?.["k8s-app"] === ADDON_APPS[addon]);
+      const running = mine.some(
+        (p) =>
+          p.status?.phase === "Running" && (p.status.containerStatuses ?? []).every((c) => c.ready),
+      );
+      return { addon, running, state: mine[0]?.status?.phase ?? "no pod" };
+    });
+    const waiting = states.filter((s) => !s.running);
+    return {
+      ok: waiting.length === 0,
+      detail:
+        waiting.length === 0
+          ? `addons running: ${plan.lab.addons.join(", ")}`
+          : `waiting for ${waiting.map((s) => `${s.addon} (${s.state})`).join(", ")}`,
+    };
+  } catch (error) {
+    return { ok: false, detail: `addons: ${reason(error)}` };
+  }
+}

@@ -1,0 +1,220 @@
+import { createWriteStream, type WriteStream } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { execa } from "execa";
+import { CommandFailedError, K8slabError } from "../errors.js";
+import { formatCommand, runCommand, tail, type Runner } from "../util/exec.js";
+import {
+  errorExit,
+  machineStatuses,
+  parseMachineReadable,
+  uiText,
+  type MachineStatus,
+} from "./machine-readable.js";
+
+/**
+ * The only module that runs `vagrant`. Every run is logged in full under the lab's logs/ and a
+ * failure becomes one VagrantError with the command, exit code and the tail of its output.
+ */
+export class VagrantError extends CommandFailedError {
+  /** Vagrant's error class (Vagrant::Errors::...) when it named one. */
+  readonly kind: string;
+  /** Worth another try (SSH not up yet, a box download cut off), as opposed to a broken setup. */
+  readonly transient: boolean;
+  /** A provisioner script exited non-zero (the VM is fine; the phase is not done yet). */
+  readonly provisioningFailure: boolean;
+  readonly logFile: string;
+
+  constructor(opts: {
+    command: string;
+    exitCode?: number | undefined;
+    signal?: string | undefined;
+    output: string;
+    kind: string;
+    logFile: string;
+  }) {
+    super({
+      command: opts.command,
+      exitCode: opts.exitCode,
+      signal: opts.signal,
+      outputTail: tail(opts.output),
+      hint: `the full output is in ${opts.logFile}`,
+    });
+    this.name = "VagrantError";
+    this.kind = opts.kind;
+    this.transient = isTransient(opts.kind, opts.output);
+    this.provisioningFailure =
+      !PERMANENT_KINDS.some((r) => r.test(opts.kind)) &&
+      /non-zero exit status|k8slab: phase/i.test(opts.output);
+    this.logFile = opts.logFile;
+  }
+}
+
+const TRANSIENT_KINDS = [
+  /SSHConnection/,
+  /SSHNotReady/,
+  /SSHKeyExchange/,
+  /BootTimeout/,
+  /BoxDownloader/,
+  /NetSSH/,
+  /MachineActionLockedError/,
+];
+const PERMANENT_KINDS = [
+  /ProviderNotUsable/,
+  /BoxNotFound/,
+  /VagrantfileLoadError/,
+  /ConfigInvalid/,
+  /NetworkHostOnly/,
+];
+
+function isTransient(kind: string, output: string): boolean {
+  if (PERMANENT_KINDS.some((r) => r.test(kind))) return false;
+  if (TRANSIENT_KINDS.some((r) => r.test(kind))) return true;
+  return /connection (reset|refused|timed out)|timed out while waiting for the machine to boot/i.test(
+    output,
+  );
+}
+
+export interface VagrantOptions {
+  /** The lab directory (where the Vagrantfile is). */
+  cwd: string;
+  logDir: string;
+  env?: Record<string, string | undefined>;
+  runner?: Runner;
+  signal?: AbortSignal;
+  /** Every line of human output, as it comes. */
+  onLine?: (line: string) => void;
+}
+
+export class Vagrant {
+  private seq = 0;
+  constructor(private readonly options: VagrantOptions) {}
+
+  private async run(
+    args: string[],
+    opts: { timeoutMs?: number; label: string; env?: Record<string, string>; raw?: boolean },
+  ) {
+    const { cwd, logDir } = this.options;
+    await mkdir(logDir, { recursive: true });
+    this.seq += 1;
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+    const logFile = join(
+      logDir,
+      `${stamp}-${String(this.seq).padStart(3, "0")}-vagrant-${opts.label}.log`,
+    );
+    const log: WriteStream = createWriteStream(logFile, { mode: 0o644 });
+    const fullArgs = opts.raw ? args : [...args, "--machine-readable"];
+    log.write(`$ ${formatCommand("vagrant", fullArgs)}\n`);
+    const runner = this.options.runner ?? runCommand;
+    const onLine = (line: string) => {
+      log.write(`${line}\n`);
+      const text = opts.raw ? line : uiText(parseMachineReadable(line));
+      if (text) this.options.onLine?.(text);
+    };
+    try {
+      const result = await runner("vagrant", fullArgs, {
+        cwd,
+        env: {
+          ...this.options.env,
+          ...opts.env,
+          VAGRANT_CHECKPOINT_DISABLE: "1",
+          VAGRANT_NO_COLOR: "1",
+        },
+        onLine,
+        ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(this.options.signal ? { signal: this.options.signal } : {}),
+        missingHint: "install Vagrant (https://www.vagrantup.com), then run: k8slab doctor",
+      });
+      return { lines: parseMachineReadable(result.stdout), stdout: result.stdout, logFile };
+    } catch (error) {
+      if (error instanceof CommandFailedError) {
+        const lines = parseMachineReadable(error.outputTail);
+        const exit = errorExit(lines);
+        throw new VagrantError({
+          command: formatCommand("vagrant", fullArgs),
+          exitCode: error.exitCode,
+          signal: error.signal,
+          output: uiText(lines) || exit?.message || error.outputTail,
+          kind: exit?.kind ?? "",
+          logFile,
+        });
+      }
+      throw error;
+    } finally {
+      await new Promise((resolve) => log.end(resolve));
+    }
+  }
+
+  async status(): Promise<MachineStatus[]> {
+    const { lines } = await this.run(["status"], { label: "status", timeoutMs: 120_000 });
+    return machineStatuses(lines);
+  }
+
+  /** Boot the machines without provisioning; provisioning is driven phase by phase. */
+  async up(opts: { provider?: string; machines?: string[] } = {}): Promise<void> {
+    const args = [
+      "up",
+      "--no-provision",
+      ...(opts.provider ? ["--provider", opts.provider] : []),
+      ...(opts.machines ?? []),
+    ];
+    await this.run(args, { label: "up" });
+  }
+
+  async provision(
+    machine: string,
+    provisioners: string[],
+    env: Record<string, string> = {},
+  ): Promise<void> {
+    if (provisioners.length === 0) return;
+    await this.run(["provision", machine, "--provision-with", provisioners.join(",")], {
+      label: `provision-${machine}`,
+      env,
+    });
+  }
+
+  /** Run a command on a machine; its standard output (`vagrant ssh -c` has no machine-readable form). */
+  async sshCommand(machine: string, command: string, timeoutMs = 120_000): Promise<string> {
+    const { stdout } = await this.run(["ssh", machine, "-c", command, "--", "-q"], {
+      label: `ssh-${machine}`,
+      timeoutMs,
+      raw: true,
+    });
+    return stdout;
+  }
+
+  /** An interactive shell on a machine, attached to this terminal. */
+  async sshInteractive(machine: string): Promise<void> {
+    const result = await execa("vagrant", ["ssh", machine], {
+      cwd: this.options.cwd,
+      env: { ...this.options.env, VAGRANT_CHECKPOINT_DISABLE: "1" },
+      stdio: "inherit",
+      reject: false,
+    });
+    if (result.failed && result.exitCode === undefined) {
+      throw new K8slabError(`vagrant ssh ${machine} failed: ${result.shortMessage}`, {
+        hint: "is Vagrant installed? k8slab doctor",
+      });
+    }
+  }
+
+  async port(machine: string, guest: number): Promise<number> {
+    const { lines } = await this.run(["port", machine, "--guest", String(guest)], {
+      label: "port",
+      timeoutMs: 60_000,
+    });
+    const value = lines
+      .map((l) => l.data.join(","))
+      .join("\n")
+      .match(/(\d+)\s*$/)?.[1];
+    if (!value)
+      throw new K8slabError(
+        `vagrant did not report a host port for guest port ${guest} on ${machine}`,
+      );
+    return Number(value);
+  }
+
+  async destroy(): Promise<void> {
+    await this.run(["destroy", "--force"], { label: "destroy" });
+  }
+}
