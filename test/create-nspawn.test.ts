@@ -24,130 +24,154 @@ const FAKES = join(packageRoot(), "test", "fixtures", "fake-vagrant-nspawn");
 const TSX = join(packageRoot(), "node_modules", ".bin", "tsx");
 const BIN = join(packageRoot(), "src", "cli", "bin.ts");
 
-describe.skipIf(!available.ok)(`create on nspawn nodes${available.ok ? "" : ` (skipped: ${available.reason})`}`, () => {
-  let cluster: NspawnCluster;
-  let work: string;
-  let env: Record<string, string>;
-  let calls: string;
+describe.skipIf(!available.ok)(
+  `create on nspawn nodes${available.ok ? "" : ` (skipped: ${available.reason})`}`,
+  () => {
+    let cluster: NspawnCluster;
+    let work: string;
+    let env: Record<string, string>;
+    let calls: string;
 
-  beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), "k8slab-create-"));
-    cluster = await startNspawnCluster([
-      { name: "master", ip: "192.168.56.165", prefix: 24 },
-      { name: "minion1", ip: "192.168.56.166", prefix: 24 },
-      { name: "minion2", ip: "192.168.56.167", prefix: 24 },
-    ]);
-    await execa("ip", ["-n", cluster.bridgeNetns, "addr", "add", "192.168.56.1/24", "dev", "br0"]);
-    await writeFile(join(work, "nodes"), cluster.nodes.map((n) => `${n.name} ${n.leader}\n`).join(""));
-    await mkdir(join(work, "state"));
-    calls = join(work, "calls.log");
-    await writeFile(calls, "");
-    // The seed's lab on libvirt, with Debian's etcd (in the nodes) standing in for the artifact.
-    await writeFile(
-      join(work, "lab.yaml"),
-      editedLab("three-node", [
-        [["provider", "name"], "libvirt"],
-        [["artifacts"], {}],
-      ]),
-    );
-    env = {
-      PATH: `${FAKES}:${process.env.PATH ?? ""}`,
-      HOME: work,
-      K8SLAB_CACHE: join(work, "cache"),
-      FAKE_VAGRANT_NODES: join(work, "nodes"),
-      FAKE_VAGRANT_STATE: join(work, "state"),
-      FAKE_VAGRANT_LOG: calls,
-      K8SLAB_POLL_MS: "1000",
-      CI: "1",
-      NO_COLOR: "1",
-    };
-  }, 600_000);
+    beforeAll(async () => {
+      work = await mkdtemp(join(tmpdir(), "k8slab-create-"));
+      cluster = await startNspawnCluster([
+        { name: "master", ip: "192.168.56.165", prefix: 24 },
+        { name: "minion1", ip: "192.168.56.166", prefix: 24 },
+        { name: "minion2", ip: "192.168.56.167", prefix: 24 },
+      ]);
+      await execa("ip", [
+        "-n",
+        cluster.bridgeNetns,
+        "addr",
+        "add",
+        "192.168.56.1/24",
+        "dev",
+        "br0",
+      ]);
+      await writeFile(
+        join(work, "nodes"),
+        cluster.nodes.map((n) => `${n.name} ${n.leader}\n`).join(""),
+      );
+      await mkdir(join(work, "state"));
+      calls = join(work, "calls.log");
+      await writeFile(calls, "");
+      // The seed's lab on libvirt, with Debian's etcd (in the nodes) standing in for the artifact.
+      await writeFile(
+        join(work, "lab.yaml"),
+        editedLab("three-node", [
+          [["provider", "name"], "libvirt"],
+          [["artifacts"], {}],
+        ]),
+      );
+      env = {
+        PATH: `${FAKES}:${process.env.PATH ?? ""}`,
+        HOME: work,
+        K8SLAB_CACHE: join(work, "cache"),
+        FAKE_VAGRANT_NODES: join(work, "nodes"),
+        FAKE_VAGRANT_STATE: join(work, "state"),
+        FAKE_VAGRANT_LOG: calls,
+        K8SLAB_POLL_MS: "1000",
+        CI: "1",
+        NO_COLOR: "1",
+      };
+    }, 600_000);
 
-  afterAll(async () => {
-    await cluster?.stop();
-    if (work) await rm(work, { recursive: true, force: true });
-  });
-
-  const k8slab = (args: string[], extra: Record<string, string> = {}) =>
-    execa("ip", ["netns", "exec", cluster.bridgeNetns, TSX, BIN, ...args], {
-      cwd: work,
-      env: { ...env, ...extra },
-      extendEnv: false,
-      reject: false,
-      all: true,
-      timeout: 480_000,
+    afterAll(async () => {
+      await cluster?.stop();
+      if (work) await rm(work, { recursive: true, force: true });
     });
 
-  it("reaches etcd quorum and the flannel network, verified over the lab's TLS", async () => {
-    const t0 = Date.now();
-    const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"]);
-    console.log(`create --until network: ${Date.now() - t0} ms`);
-    expect(run.exitCode, run.all).toBe(0);
-    expect(run.all).toMatch(/stage etcd \(etcd has quorum\): done .*3 of 3 etcd members healthy/);
-    expect(run.all).toMatch(/stage network .*: done .*coreos\.com\/network\/config holds .*10\.1\.0\.0\/16/);
-    const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
-      stages: Record<string, unknown>;
-    };
-    expect(Object.keys(state.stages)).toEqual(["etcd", "network"]);
-    const log = await readFile(calls, "utf8");
-    expect(log).toMatch(/^up --no-provision --provider libvirt master minion1 minion2 --machine-readable$/m);
-    expect(log).toMatch(/^provision master --provision-with base,pki-upload,pki,etcd --machine-readable$/m);
-    expect(log).toMatch(/^provision master --provision-with flannel-config --machine-readable$/m);
-    expect(log).not.toMatch(/flannel-config/.source + ".*minion");
-    expect(await readdir(join(work, "lab", "logs"))).not.toHaveLength(0);
-  });
+    const k8slab = (args: string[], extra: Record<string, string> = {}) =>
+      execa("ip", ["netns", "exec", cluster.bridgeNetns, TSX, BIN, ...args], {
+        cwd: work,
+        env: { ...env, ...extra },
+        extendEnv: false,
+        reject: false,
+        all: true,
+        timeout: 480_000,
+      });
 
-  it("a second create continues where it stopped: nothing is provisioned again", async () => {
-    const before = await readFile(calls, "utf8");
-    const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"]);
-    expect(run.exitCode, run.all).toBe(0);
-    expect(run.all).toMatch(/pki: kept all \d+ certificates/);
-    const added = (await readFile(calls, "utf8")).slice(before.length);
-    expect(added).not.toMatch(/^(up|provision)/m);
-  });
-
-  it("status reports the VMs and three healthy etcd members", async () => {
-    const run = await k8slab(["status", "--dir", "lab", "--json"]);
-    expect(run.exitCode, run.all).toBe(0);
-    const status = JSON.parse(run.stdout) as {
-      machines: { name: string; state: string }[];
-      etcd: { ok: boolean; members: { name: string }[] };
-    };
-    expect(status.machines.map((m) => `${m.name}=${m.state}`)).toEqual([
-      "master=running",
-      "minion1=running",
-      "minion2=running",
-    ]);
-    expect(status.etcd.ok).toBe(true);
-    expect(status.etcd.members.map((m) => m.name).sort()).toEqual(["master", "minion1", "minion2"]);
-  });
-
-  it("a stage that misses its deadline says which, what it waited for, what it saw, and collects journals", async () => {
-    // 20 min x 0.004 = about 5 s for the control plane, which cannot start here (no flanneld).
-    const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"], {
-      K8SLAB_DEADLINE_SCALE: "0.004",
+    it("reaches etcd quorum and the flannel network, verified over the lab's TLS", async () => {
+      const t0 = Date.now();
+      const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"]);
+      console.log(`create --until network: ${Date.now() - t0} ms`);
+      expect(run.exitCode, run.all).toBe(0);
+      expect(run.all).toMatch(/stage etcd \(etcd has quorum\): done .*3 of 3 etcd members healthy/);
+      expect(run.all).toMatch(
+        /stage network .*: done .*coreos\.com\/network\/config holds .*10\.1\.0\.0\/16/,
+      );
+      const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
+        stages: Record<string, unknown>;
+      };
+      expect(Object.keys(state.stages)).toEqual(["etcd", "network"]);
+      const log = await readFile(calls, "utf8");
+      expect(log).toMatch(
+        /^up --no-provision --provider libvirt master minion1 minion2 --machine-readable$/m,
+      );
+      expect(log).toMatch(
+        /^provision master --provision-with base,pki-upload,pki,etcd --machine-readable$/m,
+      );
+      expect(log).toMatch(/^provision master --provision-with flannel-config --machine-readable$/m);
+      expect(log).not.toMatch(/flannel-config/.source + ".*minion");
+      expect(await readdir(join(work, "lab", "logs"))).not.toHaveLength(0);
     });
-    expect(run.exitCode, run.all).toBe(1);
-    expect(run.stderr).toMatch(/error: stage control-plane did not converge/);
-    expect(run.stderr).toMatch(/waited for: the API server answers \/healthz/);
-    expect(run.stderr).toMatch(/last seen: +API server: connection refused/);
-    expect(run.stderr).toMatch(/provisioning failures: .*flanneld is not installed/);
-    expect(run.stderr).toMatch(/hint: logs and journals are in .*lab\/logs/);
-    const logs = await readdir(join(work, "lab", "logs"));
-    expect(logs).toContain("journal-control-plane-master-kubelet.log");
-    const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
-      stages: Record<string, unknown>;
-    };
-    expect(Object.keys(state.stages)).toEqual(["etcd", "network"]);
-  });
 
-  it("destroy --force removes the VMs and keeps the PKI", async () => {
-    const run = await k8slab(["destroy", "--dir", "lab", "--force"]);
-    expect(run.exitCode, run.all).toBe(0);
-    expect(existsSync(join(work, "lab", "pki", "ca-key.pem"))).toBe(true);
-    expect(existsSync(join(work, "lab", "state.json"))).toBe(false);
-    const status = await k8slab(["status", "--dir", "lab", "--json"]);
-    const parsed = JSON.parse(status.stdout) as { machines: { state: string }[] };
-    expect(parsed.machines.every((m) => m.state === "not_created")).toBe(true);
-  });
-});
+    it("a second create continues where it stopped: nothing is provisioned again", async () => {
+      const before = await readFile(calls, "utf8");
+      const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"]);
+      expect(run.exitCode, run.all).toBe(0);
+      expect(run.all).toMatch(/pki: kept all \d+ certificates/);
+      const added = (await readFile(calls, "utf8")).slice(before.length);
+      expect(added).not.toMatch(/^(up|provision)/m);
+    });
+
+    it("status reports the VMs and three healthy etcd members", async () => {
+      const run = await k8slab(["status", "--dir", "lab", "--json"]);
+      expect(run.exitCode, run.all).toBe(0);
+      const status = JSON.parse(run.stdout) as {
+        machines: { name: string; state: string }[];
+        etcd: { ok: boolean; members: { name: string }[] };
+      };
+      expect(status.machines.map((m) => `${m.name}=${m.state}`)).toEqual([
+        "master=running",
+        "minion1=running",
+        "minion2=running",
+      ]);
+      expect(status.etcd.ok).toBe(true);
+      expect(status.etcd.members.map((m) => m.name).sort()).toEqual([
+        "master",
+        "minion1",
+        "minion2",
+      ]);
+    });
+
+    it("a stage that misses its deadline says which, what it waited for, what it saw, and collects journals", async () => {
+      // 20 min x 0.004 = about 5 s for the control plane, which cannot start here (no flanneld).
+      const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"], {
+        K8SLAB_DEADLINE_SCALE: "0.004",
+      });
+      expect(run.exitCode, run.all).toBe(1);
+      expect(run.stderr).toMatch(/error: stage control-plane did not converge/);
+      expect(run.stderr).toMatch(/waited for: the API server answers \/healthz/);
+      expect(run.stderr).toMatch(/last seen: +API server: connection refused/);
+      expect(run.stderr).toMatch(/provisioning failures: .*flanneld is not installed/);
+      expect(run.stderr).toMatch(/hint: logs and journals are in .*lab\/logs/);
+      const logs = await readdir(join(work, "lab", "logs"));
+      expect(logs).toContain("journal-control-plane-master-kubelet.log");
+      const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
+        stages: Record<string, unknown>;
+      };
+      expect(Object.keys(state.stages)).toEqual(["etcd", "network"]);
+    });
+
+    it("destroy --force removes the VMs and keeps the PKI", async () => {
+      const run = await k8slab(["destroy", "--dir", "lab", "--force"]);
+      expect(run.exitCode, run.all).toBe(0);
+      expect(existsSync(join(work, "lab", "pki", "ca-key.pem"))).toBe(true);
+      expect(existsSync(join(work, "lab", "state.json"))).toBe(false);
+      const status = await k8slab(["status", "--dir", "lab", "--json"]);
+      const parsed = JSON.parse(status.stdout) as { machines: { state: string }[] };
+      expect(parsed.machines.every((m) => m.state === "not_created")).toBe(true);
+    });
+  },
+);
