@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import { packageRoot } from "../src/lab/load.js";
+import { cliArgv } from "./helpers/cli-process.js";
 import { editedLab } from "./helpers/labs.js";
 import {
   nspawnAvailable,
@@ -21,8 +22,7 @@ import {
  */
 const available = await nspawnAvailable();
 const FAKES = join(packageRoot(), "test", "fixtures", "fake-vagrant-nspawn");
-const TSX = join(packageRoot(), "node_modules", ".bin", "tsx");
-const BIN = join(packageRoot(), "src", "cli", "bin.ts");
+const CLI = cliArgv();
 
 describe.skipIf(!available.ok)(
   `create on nspawn nodes${available.ok ? "" : ` (skipped: ${available.reason})`}`,
@@ -82,7 +82,7 @@ describe.skipIf(!available.ok)(
     });
 
     const k8slab = (args: string[], extra: Record<string, string> = {}) =>
-      execa("ip", ["netns", "exec", cluster.bridgeNetns, TSX, BIN, ...args], {
+      execa("ip", ["netns", "exec", cluster.bridgeNetns, ...CLI, ...args], {
         cwd: work,
         env: { ...env, ...extra },
         extendEnv: false,

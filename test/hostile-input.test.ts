@@ -75,8 +75,9 @@ describe("hostile strings in every string field", () => {
     }
     // Only free text may pass; it must come out inert wherever it lands.
     expect([...new Set(accepted.map((a) => a.path))]).toEqual(["description"]);
+    // One lab directory for all: re-rendering reuses its PKI, so each value costs no key generation.
+    const cwd = await tmp();
     for (const { value } of accepted) {
-      const cwd = await tmp();
       const file = join(cwd, "hostile.yaml");
       await writeFile(file, editedLab("three-node", [[["description"], value]]));
       const { dir, files } = await renderLabDir({ lab: file, cwd });

@@ -144,10 +144,19 @@ async function pullOne(
           report({
             name,
             event: "retry",
-            message: `attempt ${attemptNumber} failed: ${error.message}`,
+            message: `attempt ${attemptNumber} failed: ${describe(error)}`,
           });
         }
       },
+    }).catch((error: unknown) => {
+      if (error instanceof K8slabError || options.signal?.aborted) throw error;
+      throw new K8slabError(
+        `cannot download artifact ${name} from ${artifact.url}: ${describe(error)}`,
+        {
+          hint: "check the network (and HTTPS_PROXY), then run k8slab cache pull again",
+          cause: error,
+        },
+      );
     });
     if (expected && sha256 !== expected) {
       throw new K8slabError(
@@ -176,6 +185,13 @@ async function pullOne(
   } finally {
     await rm(tmp, { force: true });
   }
+}
+
+/** fetch() hides the reason in `cause` (ENOTFOUND, ECONNREFUSED, ...). */
+function describe(error: unknown): string {
+  const e = error as { message?: string; cause?: { code?: string; message?: string } };
+  const cause = e.cause?.code ?? e.cause?.message;
+  return `${e.message ?? String(error)}${cause ? ` (${cause})` : ""}`;
 }
 
 async function sizeOf(path: string): Promise<number | undefined> {

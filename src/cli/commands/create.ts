@@ -27,8 +27,9 @@ export function abortOnSigint(): { signal: AbortSignal; dispose: () => void } {
         hint: "run the same command again to continue where it stopped",
       }),
     );
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  // `on`, not `once`: execa's exit hook re-raises the signal when it sees no other listener.
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   return {
     signal: controller.signal,
     dispose: () => {
