@@ -46,23 +46,35 @@ need_bin() {
 }
 
 # ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+# Jobs are queued (--no-block): a unit that waits for its peers (etcd) must not stall the phase.
 ensure_service() {
-  local unit=$1 changed=$2
+  local unit=$1 changed=$2 state
   systemctl daemon-reload
   systemctl enable "$unit" >/dev/null 2>&1
+  state=$(systemctl is-active "$unit" 2>/dev/null || true)
   if [ "$changed" = yes ]; then
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl restart --no-block "$unit"
     log "$unit restarted"
-  elif ! systemctl is-active --quiet "$unit"; then
+  elif [ "$state" != active ] && [ "$state" != activating ] && [ "$state" != reloading ]; then
+    # "activating" is a start still waiting (a member for its quorum) or a pending auto-restart:
+    # either goes on by itself. A unit that hit its start limit needs reset-failed first.
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl start --no-block "$unit"
-    log "$unit started"
+    log "$unit started (was $state)"
   fi
 }
 
 # kubelet v1.9 refuses to start while swap is on.
 if [ -n "$(swapon --show --noheadings 2>/dev/null)" ]; then
-  swapoff -a
-  log "swap turned off"
+  if systemd-detect-virt --container --quiet 2>/dev/null; then
+    # A container's /proc/swaps lists its host's swap: not this node's to turn off (and
+    # swapoff -a would try, failing or, in a privileged container, succeeding on the host).
+    log "note: the swap in use is this container's host's; left alone"
+  else
+    swapoff -a
+    log "swap turned off"
+  fi
 fi
 if grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab; then
   sed -ri 's/^([^#].*[[:space:]]swap[[:space:]].*)$/# \1/' /etc/fstab
@@ -70,7 +82,12 @@ if grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab; then
 fi
 
 # Routing between pods and bridged traffic through iptables (kube-proxy, flannel).
-modprobe br_netfilter 2>/dev/null || log "br_netfilter module not available; bridge sysctls skipped"
+# br_netfilter provides the bridge sysctls; modules-load.d loads it again after a reboot.
+if modprobe br_netfilter 2>/dev/null; then
+  echo br_netfilter | put_file /etc/modules-load.d/k8slab.conf 0644
+elif [ ! -d /proc/sys/net/bridge ]; then
+  log "br_netfilter module not available; bridge sysctls skipped"
+fi
 {
   echo "net.ipv4.ip_forward = 1"
   if [ -d /proc/sys/net/bridge ]; then
@@ -78,9 +95,18 @@ modprobe br_netfilter 2>/dev/null || log "br_netfilter module not available; bri
     echo "net.bridge.bridge-nf-call-ip6tables = 1"
   fi
 } | put_file /etc/sysctl.d/90-k8slab.conf 0644
-if [ "$(sysctl -n net.ipv4.ip_forward)" != 1 ] || [ "$CHANGED" = yes ]; then
-  sysctl -q -p /etc/sysctl.d/90-k8slab.conf
-fi
+# Set each value that differs now (the file applies at boot): by value, so a re-run does nothing.
+while read -r key _ value; do
+  [ "$(sysctl -n "$key" 2>/dev/null || true)" != "$value" ] || continue
+  if sysctl -q -w "$key=$value" >/dev/null 2>&1; then
+    log "set $key = $value"
+  elif systemd-detect-virt --container --quiet 2>/dev/null; then
+    # A container (systemd-nspawn, LXC) gets /proc/sys read-only: its host owns these values.
+    log "warning: $key cannot be set in this container (read-only /proc/sys); its host decides"
+  else
+    die "could not set $key = $value (sysctl -w $key=$value)"
+  fi
+done </etc/sysctl.d/90-k8slab.conf
 
 # Every node by name, on its private address. Vagrant maps the hostname to 127.0.1.1, which
 # would make etcd and the kubelet advertise a loopback address: drop that line.
@@ -93,8 +119,22 @@ fi
 } | put_file /etc/hosts 0644
 
 # Certificates need agreeing clocks; a VM resumed from a halt may be hours behind.
-if command -v timedatectl >/dev/null 2>&1 && [ "$(timedatectl show -p NTP --value 2>/dev/null || echo yes)" != yes ]; then
-  timedatectl set-ntp true 2>/dev/null || log "could not enable time sync"
+# `timedatectl show` is systemd 239+; Ubuntu 16.04 (229) only has the status text.
+ntp_enabled() {
+  local value
+  if value=$(timedatectl show -p NTP --value 2>/dev/null); then
+    [ "$value" = yes ]
+  else
+    timedatectl status 2>/dev/null | grep -E '^ *(Network time on|NTP enabled): yes' >/dev/null
+  fi
+}
+if command -v timedatectl >/dev/null 2>&1 && ! ntp_enabled; then
+  if timedatectl set-ntp true >/dev/null 2>&1; then
+    log "time sync enabled"
+  else
+    # No NTP service (none installed, or a container, whose clock is its host's).
+    log "note: no time sync service to enable; keep this clock in step by other means"
+  fi
 fi
 
 # The private NIC must carry the lab address; everything binds to it, never to Vagrant's eth0.

@@ -46,16 +46,22 @@ need_bin() {
 }
 
 # ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+# Jobs are queued (--no-block): a unit that waits for its peers (etcd) must not stall the phase.
 ensure_service() {
-  local unit=$1 changed=$2
+  local unit=$1 changed=$2 state
   systemctl daemon-reload
   systemctl enable "$unit" >/dev/null 2>&1
+  state=$(systemctl is-active "$unit" 2>/dev/null || true)
   if [ "$changed" = yes ]; then
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl restart --no-block "$unit"
     log "$unit restarted"
-  elif ! systemctl is-active --quiet "$unit"; then
+  elif [ "$state" != active ] && [ "$state" != activating ] && [ "$state" != reloading ]; then
+    # "activating" is a start still waiting (a member for its quorum) or a pending auto-restart:
+    # either goes on by itself. A unit that hit its start limit needs reset-failed first.
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl start --no-block "$unit"
-    log "$unit started"
+    log "$unit started (was $state)"
   fi
 }
 
@@ -71,13 +77,21 @@ etcd_v2() {
 network_config='{"Network":"10.1.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
 
 etcdctl_bin=$(need_bin etcdctl)
-etcd_v2 cluster-health >/dev/null 2>&1 ||
-  die "etcd has no quorum yet, so flannel's network cannot be written; run this phase again once a majority of etcd members run"
-if ! current=$(etcd_v2 get "$prefix/config" 2>/dev/null); then
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
+etcd_error() { sed -n '1s/^Error: *//p' "$err"; }
+# A quorum read: a member without a leader still answers plain reads from its own store, and
+# cluster-health fails on a cluster that has lost one member but still has its quorum.
+if current=$(etcd_v2 get --quorum "$prefix/config" 2>"$err"); then
+  if [ "$current" != "$network_config" ]; then
+    log "warning: etcd holds another flannel network ($current); leaving it (pods already use it)"
+  fi
+elif grep -q 'Key not found' "$err"; then
   # Written once: "mk" refuses to overwrite a config another run wrote first.
-  etcd_v2 mk "$prefix/config" "$network_config" >/dev/null
+  etcd_v2 mk "$prefix/config" "$network_config" >/dev/null 2>"$err" ||
+    die "writing flannel's network to etcd failed: $(etcd_error)"
   log "flannel network written to etcd: $network_config"
-elif [ "$current" != "$network_config" ]; then
-  log "warning: etcd holds another flannel network ($current); leaving it (pods already use it)"
+else
+  die "etcd has no quorum yet, so flannel's network cannot be written ($(etcd_error)); run this phase again once a majority of etcd members run"
 fi
 log "done"

@@ -46,16 +46,22 @@ need_bin() {
 }
 
 # ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+# Jobs are queued (--no-block): a unit that waits for its peers (etcd) must not stall the phase.
 ensure_service() {
-  local unit=$1 changed=$2
+  local unit=$1 changed=$2 state
   systemctl daemon-reload
   systemctl enable "$unit" >/dev/null 2>&1
+  state=$(systemctl is-active "$unit" 2>/dev/null || true)
   if [ "$changed" = yes ]; then
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl restart --no-block "$unit"
     log "$unit restarted"
-  elif ! systemctl is-active --quiet "$unit"; then
+  elif [ "$state" != active ] && [ "$state" != activating ] && [ "$state" != reloading ]; then
+    # "activating" is a start still waiting (a member for its quorum) or a pending auto-restart:
+    # either goes on by itself. A unit that hit its start limit needs reset-failed first.
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl start --no-block "$unit"
-    log "$unit started"
+    log "$unit started (was $state)"
   fi
 }
 
@@ -69,8 +75,15 @@ if [ ! -d "$src" ]; then
   exit 0
 fi
 
+# Vagrant's file provisioner, like scp -r, puts the directory *inside* an existing destination
+# (a leftover of an interrupted run): take the bundle from there then.
+bundle=$src
+[ ! -d "$src/${K8SLAB_NODE}" ] || bundle=$src/${K8SLAB_NODE}
+[ -f "$bundle/ca.pem" ] || die "the upload in $src holds no ca.pem; run: vagrant provision ${K8SLAB_NODE} --provision-with pki-upload,pki"
+
 install -d -m 0755 "$dst"
-for file in "$src"/*; do
+for file in "$bundle"/*; do
+  [ -f "$file" ] || continue
   name=$(basename "$file")
   case "$name" in
     *-key.pem | *.kubeconfig) mode=0600 ;;

@@ -46,16 +46,22 @@ need_bin() {
 }
 
 # ensure_service NAME CHANGED: enable the unit, restart it when its config changed, start it if down.
+# Jobs are queued (--no-block): a unit that waits for its peers (etcd) must not stall the phase.
 ensure_service() {
-  local unit=$1 changed=$2
+  local unit=$1 changed=$2 state
   systemctl daemon-reload
   systemctl enable "$unit" >/dev/null 2>&1
+  state=$(systemctl is-active "$unit" 2>/dev/null || true)
   if [ "$changed" = yes ]; then
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl restart --no-block "$unit"
     log "$unit restarted"
-  elif ! systemctl is-active --quiet "$unit"; then
+  elif [ "$state" != active ] && [ "$state" != activating ] && [ "$state" != reloading ]; then
+    # "activating" is a start still waiting (a member for its quorum) or a pending auto-restart:
+    # either goes on by itself. A unit that hit its start limit needs reset-failed first.
+    systemctl reset-failed "$unit" 2>/dev/null || true
     systemctl start --no-block "$unit"
-    log "$unit started"
+    log "$unit started (was $state)"
   fi
 }
 
