@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { dirname, join } from "node:path";
+import { artifactPath } from "../src/artifacts/index.js";
 import { execa } from "execa";
 import { packageRoot } from "../src/lab/load.js";
 import { cliArgv } from "./helpers/cli-process.js";
@@ -55,12 +57,20 @@ describe.skipIf(!available.ok)(
       await mkdir(join(work, "state"));
       calls = join(work, "calls.log");
       await writeFile(calls, "");
-      // The seed's lab on libvirt, with Debian's etcd (in the nodes) standing in for the artifact.
+      // The seed's lab on libvirt, with Debian's etcd (in the nodes) standing in for the release
+      // artifact. One small artifact is already in the host's cache (its URL is never contacted):
+      // the VMs must get it from the host.
+      const hello = "#!/bin/sh\necho hello from the host\n";
+      const helloSha = createHash("sha256").update(hello).digest("hex");
+      const helloUrl = "http://127.0.0.1:9/hello";
+      const cached = artifactPath(join(work, "cache"), helloSha, helloUrl);
+      await mkdir(dirname(cached), { recursive: true });
+      await writeFile(cached, hello);
       await writeFile(
         join(work, "lab.yaml"),
         editedLab("three-node", [
           [["provider", "name"], "libvirt"],
-          [["artifacts"], {}],
+          [["artifacts"], { hello: { url: helloUrl, sha256: helloSha, kind: "binary" } }],
         ]),
       );
       env = {
@@ -109,11 +119,17 @@ describe.skipIf(!available.ok)(
         /^up --no-provision --provider libvirt master minion1 minion2 --machine-readable$/m,
       );
       expect(log).toMatch(
-        /^provision master --provision-with base,pki-upload,pki,etcd --machine-readable$/m,
+        /^provision master --provision-with base,pki-upload,pki,artifacts,etcd --machine-readable$/m,
       );
       expect(log).toMatch(/^provision master --provision-with flannel-config --machine-readable$/m);
-      expect(log).not.toMatch(/flannel-config/.source + ".*minion");
+      expect(log).not.toMatch(/^provision minion\d --provision-with .*flannel-config/m);
       expect(await readdir(join(work, "lab", "logs"))).not.toHaveLength(0);
+      // Every VM fetched the artifact from the host's server and installed it.
+      for (const node of cluster.nodes) {
+        const out = await node.exec("/opt/k8slab/bin/hello");
+        expect(out.stdout.trim(), node.name).toBe("hello from the host");
+      }
+      expect(run.all).toMatch(/artifacts: done served at http:\/\/192\.168\.56\.1:\d+/);
     });
 
     it("a second create continues where it stopped: nothing is provisioned again", async () => {
