@@ -3,15 +3,12 @@ import { createHash } from "node:crypto";
 import { connect } from "node:net";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { execa } from "execa";
-import { Command } from "commander";
-import type { CliContext } from "../src/cli/context.js";
-import { buildHypriotImageCommand } from "../src/cli/commands/build-hypriot-image.js";
-import { CommandFailedError, K8slabError, isK8slabError } from "../src/errors.js";
+import { CommandFailedError, K8slabError } from "../src/errors.js";
 import { buildHypriotImage, type BuildHypriotImageOptions } from "../src/hypriot/build-image.js";
 import { parseVagrantPort } from "../src/hypriot/builder.js";
 import { PreflightError } from "../src/hypriot/preflight.js";
+import { cli } from "./helpers/cli.js";
 import { createFakeBin, type FakeBin, type FakeProgram } from "./helpers/fake-bin.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
@@ -556,38 +553,9 @@ describe("build-hypriot-image without --builder-dir", () => {
   });
 });
 
-// ---- the command, run in-process like test/helpers/cli.ts does (without needing main.ts) ----
-
-class Capture extends Writable {
-  text = "";
-  override _write(
-    chunk: Buffer | string,
-    _enc: BufferEncoding,
-    done: (error?: Error | null) => void,
-  ) {
-    this.text += chunk.toString();
-    done();
-  }
-}
-
-async function runBuildCommand(args: string[], cwd: string, env: NodeJS.ProcessEnv) {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const ctx: CliContext = { cwd, env, stdout, stderr, interactive: false };
-  const program = new Command("k8slab").exitOverride().configureOutput({
-    writeOut: (t) => stdout.write(t),
-    writeErr: (t) => stderr.write(t),
-  });
-  program.addCommand(buildHypriotImageCommand(ctx).copyInheritedSettings(program));
-  let code = 0;
-  try {
-    await program.parseAsync(["build-hypriot-image", ...args], { from: "user" });
-  } catch (error) {
-    if (!isK8slabError(error)) throw error;
-    stderr.write(`error: ${error.message}\n${error.hint ? `hint: ${error.hint}\n` : ""}`);
-    code = error.exitCode;
-  }
-  return { code, stdout: stdout.text, stderr: stderr.text };
+/** The command through the real CLI entry (main.ts), in-process. */
+function runBuildCommand(args: string[], cwd: string, env: NodeJS.ProcessEnv) {
+  return cli(["build-hypriot-image", ...args], { cwd, env });
 }
 
 describe("k8slab build-hypriot-image --dry-run", () => {

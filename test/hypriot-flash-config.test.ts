@@ -1,12 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Writable } from "node:stream";
-import { Command } from "commander";
 import { parse, parseDocument } from "yaml";
-import type { CliContext } from "../src/cli/context.js";
-import { flashConfigCommand } from "../src/cli/commands/flash-config.js";
-import { isK8slabError } from "../src/errors.js";
 import { formatProblem } from "../src/lab/problems.js";
 import { renderBoards, renderInventory, writeFlashConfig } from "../src/hypriot/flash-config.js";
 import {
@@ -15,6 +10,7 @@ import {
   validatePiLabText,
   type PiLab,
 } from "../src/hypriot/pi-lab.js";
+import { cli } from "./helpers/cli.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
@@ -218,36 +214,9 @@ describe("cloud-init files", () => {
   });
 });
 
-class Capture extends Writable {
-  text = "";
-  override _write(
-    chunk: Buffer | string,
-    _enc: BufferEncoding,
-    done: (error?: Error | null) => void,
-  ) {
-    this.text += chunk.toString();
-    done();
-  }
-}
-
-async function runFlashConfig(args: string[], cwd: string) {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const ctx: CliContext = { cwd, env: process.env, stdout, stderr, interactive: false };
-  const program = new Command("k8slab").exitOverride().configureOutput({
-    writeOut: (t) => stdout.write(t),
-    writeErr: (t) => stderr.write(t),
-  });
-  program.addCommand(flashConfigCommand(ctx).copyInheritedSettings(program));
-  let code = 0;
-  try {
-    await program.parseAsync(["flash-config", ...args], { from: "user" });
-  } catch (error) {
-    if (!isK8slabError(error)) throw error;
-    stderr.write(`error: ${error.message}\n`);
-    code = error.exitCode;
-  }
-  return { code, stdout: stdout.text, stderr: stderr.text };
+/** The command through the real CLI entry (main.ts), in-process. */
+function runFlashConfig(args: string[], cwd: string) {
+  return cli(["flash-config", ...args], { cwd });
 }
 
 describe("k8slab flash-config", () => {
