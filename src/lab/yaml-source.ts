@@ -21,17 +21,15 @@ export function parseYamlSource(
   text: string,
 ): { source?: YamlSource; problems: Problem[] } {
   const problems: Problem[] = [];
+  const fail = (message: string, pos = { line: 1, col: 1 }, hint?: string) => ({
+    problems: [
+      { severity: "error" as const, file, ...pos, path: "", message, ...(hint ? { hint } : {}) },
+    ],
+  });
   if (Buffer.byteLength(text) > MAX_LAB_FILE_BYTES) {
-    return {
-      problems: [
-        {
-          severity: "error",
-          file,
-          path: "",
-          message: `the file is larger than ${MAX_LAB_FILE_BYTES / 1024} KiB; a lab file is a few KiB`,
-        },
-      ],
-    };
+    return fail(
+      `the file is larger than ${MAX_LAB_FILE_BYTES / 1024} KiB; a lab file is a few KiB`,
+    );
   }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, {
@@ -55,51 +53,20 @@ export function parseYamlSource(
   if (problems.some((p) => p.severity === "error")) return { problems };
 
   if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) {
-    return {
-      problems: [
-        {
-          severity: "error",
-          file,
-          line: 1,
-          col: 1,
-          path: "",
-          message: "the file is empty",
-          hint: "start from a built-in lab: k8slab labs",
-        },
-      ],
-    };
+    return fail("the file is empty", undefined, "start from a built-in lab: k8slab labs");
   }
   if (!isMap(doc.contents)) {
-    const pos = posOf(doc.contents, lineCounter);
-    return {
-      problems: [
-        {
-          severity: "error",
-          file,
-          ...pos,
-          path: "",
-          message: "the document must be a map of settings (name:, nodes:, ...)",
-        },
-      ],
-    };
+    return fail(
+      "the document must be a map of settings (name:, nodes:, ...)",
+      posOf(doc.contents, lineCounter),
+    );
   }
   let value: unknown;
   try {
     // maxAliasCount bounds the expansion of aliases (the "billion laughs" bomb).
     value = doc.toJS({ maxAliasCount: 50 });
   } catch (error) {
-    return {
-      problems: [
-        {
-          severity: "error",
-          file,
-          line: 1,
-          col: 1,
-          path: "",
-          message: `cannot read the document: ${(error as Error).message}`,
-        },
-      ],
-    };
+    return fail(`cannot read the document: ${(error as Error).message}`);
   }
   return {
     problems,
