@@ -161,6 +161,23 @@ describe.skipIf(!available.ok)(
       ]);
     });
 
+    it("off the lab's network, checks run on the master over ssh (no traffic from the host)", async () => {
+      // The root namespace holds no address in 192.168.56.0/24: status must not probe from here.
+      const run = await execa(CLI[0]!, [...CLI.slice(1), "status", "--dir", "lab", "--json"], {
+        cwd: work,
+        env,
+        extendEnv: false,
+        reject: false,
+        all: true,
+        timeout: 120_000,
+      });
+      expect(run.exitCode, run.all).toBe(0);
+      const status = JSON.parse(run.stdout) as { etcd: { ok: boolean; detail: string } };
+      expect(status.etcd.detail).toMatch(/^3 of 3 etcd members healthy/);
+      const log = await readFile(calls, "utf8");
+      expect(log).toMatch(/^ssh master -c sudo curl .*--cert .*etcd-client-apiserver\.pem/m);
+    });
+
     it("a stage that misses its deadline says which, what it waited for, what it saw, and collects journals", async () => {
       // 20 min x 0.004 = about 5 s for the control plane, which cannot start here (no flanneld).
       const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"], {

@@ -338,7 +338,7 @@ export async function createLab(options: CreateOptions): Promise<CreateResult> {
       });
     }
     await ensureMachines(vagrant, plan, provider, emit);
-    const transport = await chooseTransport(plan, join(dir, "pki"), vagrant);
+    const transport = chooseTransport(plan, join(dir, "pki"), vagrant);
     const ctx: StageContext = {
       plan,
       vagrant,

@@ -7,7 +7,12 @@ import { K8slabError } from "../errors.js";
 import { checkPkiExpiry, type ExpiryWarning } from "../pki/index.js";
 import { PHASES, type LabPlan, type Phase } from "../plan/plan.js";
 import { checkAddons, checkEtcd, checkNodesReady, type CheckResult } from "../probe/checks.js";
-import { HttpsTransport, SshTransport, tcpReachable, type Transport } from "../probe/transport.js";
+import {
+  HttpsTransport,
+  SshTransport,
+  hostOnLabNetwork,
+  type Transport,
+} from "../probe/transport.js";
 import type { Runner } from "../util/exec.js";
 import { nthAddress, parseCidr } from "../util/ipv4.js";
 import type { MachineStatus } from "../vagrant/machine-readable.js";
@@ -55,13 +60,13 @@ export async function withArtifacts<T>(
   }
 }
 
-/** HTTPS from the host when the private network is routed here; else curl on the master. */
-export async function chooseTransport(
+/** HTTPS from the host when it is on the lab's network; else curl on the master over SSH. */
+export function chooseTransport(
   plan: LabPlan,
   pkiDir: string,
   vagrant: Vagrant,
-): Promise<Transport> {
-  if (await tcpReachable(plan.master.ip, 22)) return new HttpsTransport(pkiDir);
+): Transport {
+  if (hostOnLabNetwork(plan.lab.network.hostOnly)) return new HttpsTransport(pkiDir);
   return new SshTransport(
     (command, timeoutMs) => vagrant.sshCommand(plan.master.name, command, timeoutMs),
     plan.paths.pki,
@@ -122,7 +127,7 @@ export async function labStatus(open: OpenLab, options: LabRunOptions): Promise<
   };
   const masterUp = machines.find((m) => m.name === open.plan.master.name)?.state === "running";
   if (!masterUp) return status;
-  const transport = await chooseTransport(open.plan, join(open.dir, "pki"), vagrant);
+  const transport = chooseTransport(open.plan, join(open.dir, "pki"), vagrant);
   status.etcd = await checkEtcd(open.plan, transport);
   if (state.stages["control-plane"]) {
     status.nodes = await checkNodesReady(open.plan, transport);

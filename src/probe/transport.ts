@@ -1,8 +1,9 @@
 import { readFile } from "node:fs/promises";
 import { request } from "node:https";
-import { Socket } from "node:net";
+import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { shellQuote } from "../render/quote.js";
+import { contains, parseCidr } from "../util/ipv4.js";
 
 /** Which client certificate a check presents. */
 export type Identity = "etcd" | "admin";
@@ -94,17 +95,14 @@ export class SshTransport implements Transport {
   }
 }
 
-/** Can the host open a TCP connection to this address (is the private network routed here)? */
-export function tcpReachable(host: string, port: number, timeoutMs = 3_000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = new Socket();
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once("connect", () => done(true));
-    socket.once("error", (error: NodeJS.ErrnoException) => done(error.code === "ECONNREFUSED"));
-    socket.connect(port, host);
-  });
+/**
+ * Is this host on the lab's private network (VirtualBox's vboxnet or libvirt's bridge holds an
+ * address in it)? Only then do checks go straight to the VMs; otherwise the route would lead
+ * somewhere else entirely (the default gateway), so checks run on the master through SSH.
+ */
+export function hostOnLabNetwork(hostOnly: string): boolean {
+  const net = parseCidr(hostOnly);
+  return Object.values(networkInterfaces()).some((addrs) =>
+    (addrs ?? []).some((a) => a.family === "IPv4" && !a.internal && contains(net, a.address)),
+  );
 }
