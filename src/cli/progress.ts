@@ -101,6 +101,8 @@ export async function withTaskList<T>(
       registerSignalListeners: false,
       rendererOptions: {
         timer: PRESET_TIMER,
+        // The CLI prints the error with its hint once the list is done.
+        showErrorMessage: false,
         logger: new ListrLogger({
           processOutput: new ProcessOutput(
             ctx.stderr as NodeJS.WriteStream,

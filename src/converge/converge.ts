@@ -202,7 +202,11 @@ async function runStage(
       try {
         await ctx.vagrant.provision(node.name, provisioners, ctx.env);
       } catch (error) {
-        if (!(error instanceof VagrantError) || !error.provisioningFailure) throw error;
+        // A permanent Vagrant error (no provider, bad config) stops at once; a failing phase
+        // script or a transient one (SSH not up yet) gets checked, then another pass.
+        if (!(error instanceof VagrantError) || !(error.provisioningFailure || error.transient)) {
+          throw error;
+        }
         // Expected while the cluster assembles (seed 004's failing first pass): check, then retry.
         failures.push(`${node.name} pass ${pass}: ${scriptFailure(error)} (${error.logFile})`);
       }

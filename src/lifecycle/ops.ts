@@ -61,11 +61,7 @@ export async function withArtifacts<T>(
 }
 
 /** HTTPS from the host when it is on the lab's network; else curl on the master over SSH. */
-export function chooseTransport(
-  plan: LabPlan,
-  pkiDir: string,
-  vagrant: Vagrant,
-): Transport {
+export function chooseTransport(plan: LabPlan, pkiDir: string, vagrant: Vagrant): Transport {
   if (hostOnLabNetwork(plan.lab.network.hostOnly)) return new HttpsTransport(pkiDir);
   return new SshTransport(
     (command, timeoutMs) => vagrant.sshCommand(plan.master.name, command, timeoutMs),
