@@ -2,7 +2,9 @@ import { describe, expect, it } from "vitest";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
+import { createLab } from "../src/converge/converge.js";
 import { runDoctor } from "../src/doctor/doctor.js";
+import { CommandFailedError } from "../src/errors.js";
 import { validateLabText } from "../src/lab/load.js";
 import { mergeKubeconfig } from "../src/lifecycle/kubeconfig.js";
 import { renderLabDir } from "../src/render/index.js";
@@ -238,5 +240,34 @@ describe("kubeconfig --merge", () => {
       contexts: unknown[];
     };
     expect(again.contexts).toHaveLength(2);
+  });
+});
+
+describe("create's handling of Vagrant failures", () => {
+  it("a permanent Vagrant error stops at once, naming the command and the log", async () => {
+    const cwd = await tmp();
+    await writeFile(join(cwd, "lab.yaml"), editedLab("single-node", [[["artifacts"], {}]]));
+    const calls: string[] = [];
+    const runner: Runner = async (file, args) => {
+      calls.push([file, ...args].join(" "));
+      if (file === "VBoxManage") return { stdout: "7.0.6r155176", stderr: "", exitCode: 0 };
+      if (args[0] === "--version") return { stdout: "Vagrant 2.3.4", stderr: "", exitCode: 0 };
+      if (args[0] === "status") return { stdout: "1,k8s,state,running\n", stderr: "", exitCode: 0 };
+      throw new CommandFailedError({
+        command: `${file} ${args.join(" ")}`,
+        exitCode: 1,
+        outputTail:
+          "1,,error-exit,Vagrant::Errors::ProviderNotUsable,The provider 'virtualbox' that was requested is not usable\n",
+      });
+    };
+    const error = (await createLab({ lab: "lab.yaml", cwd, env: {}, runner, pollMs: 10 }).catch(
+      (e: unknown) => e,
+    )) as VagrantError;
+    expect(error).toBeInstanceOf(VagrantError);
+    expect(error.kind).toBe("Vagrant::Errors::ProviderNotUsable");
+    expect(error.message).toMatch(
+      /vagrant provision k8s --provision-with base,pki-upload,pki,etcd/,
+    );
+    expect(calls.filter((c) => c.startsWith("vagrant provision"))).toHaveLength(1);
   });
 });
