@@ -4,9 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use for real: vagrant validate, shellcheck, openssl, etcd 3.4 in network
-# namespaces, systemd-nspawn nodes built with debootstrap.
-packages=(vagrant shellcheck openssl etcd-server etcd-client iproute2 debootstrap debian-archive-keyring systemd-container wget curl ca-certificates)
+# Debian packages the tests use for real:
+packages=(
+  # vagrant validate, shellcheck, certificates, etcd 3.4 in network namespaces
+  vagrant shellcheck openssl etcd-server etcd-client iproute2 curl ca-certificates
+  # systemd-nspawn nodes built with debootstrap
+  debootstrap debian-archive-keyring systemd-container wget
+  # the end-to-end test: real VMs with vagrant-libvirt under QEMU, and its test box
+  vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
+  util-linux extlinux syslinux-common fdisk e2fsprogs
+)
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
 missing=()
@@ -19,9 +26,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing Debian packages: ${missing[*]}" >&2
   $sudo apt-get update -q
-  # Debian's etcd-server starts its own etcd on install; tests start theirs, so keep it off.
-  if [ -d /run/systemd/system ]; then $sudo systemctl mask etcd.service >/dev/null 2>&1 || true; fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Installing must not start services (libvirtd, etcd): the tests start their own, in their own
+  # namespaces. policy-rc.d answering 101 tells the packages' scripts not to start anything.
+  policy=/usr/sbin/policy-rc.d
+  added_policy=no
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    added_policy=yes
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+    status=$?
+  [ "$added_policy" = no ] || $sudo rm -f "$policy"
+  [ "${status:-0}" -eq 0 ] || exit "$status"
 fi
 
 npm ci --no-audit --no-fund

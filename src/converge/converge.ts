@@ -305,14 +305,22 @@ export async function createLab(options: CreateOptions): Promise<CreateResult> {
     logs,
   });
 
+  const skip = (stage: Stage): void => {
+    const done = state.stages[stage.name]!;
+    outcomes.push({ stage: stage.name, status: "skipped", detail: done.detail, passes: 0 });
+    emit({
+      type: "stage",
+      stage: stage.name,
+      goal: stage.goal,
+      status: "skip",
+      detail: `verified ${done.verifiedAt}`,
+      pass: 0,
+      elapsedMs: 0,
+    });
+  };
+  // Everything asked for is verified already: no Vagrant run at all.
   if (wanted.every((s) => state.stages[s.name])) {
-    for (const s of wanted)
-      outcomes.push({
-        stage: s.name,
-        status: "skipped",
-        detail: state.stages[s.name]!.detail,
-        passes: 0,
-      });
+    wanted.forEach(skip);
     return result(until === "addons");
   }
 
@@ -355,18 +363,8 @@ export async function createLab(options: CreateOptions): Promise<CreateResult> {
       signal: options.signal,
     };
     for (const stage of wanted) {
-      const done = state.stages[stage.name];
-      if (done) {
-        outcomes.push({ stage: stage.name, status: "skipped", detail: done.detail, passes: 0 });
-        emit({
-          type: "stage",
-          stage: stage.name,
-          goal: stage.goal,
-          status: "skip",
-          detail: `verified ${done.verifiedAt}`,
-          pass: 0,
-          elapsedMs: 0,
-        });
+      if (state.stages[stage.name]) {
+        skip(stage);
         continue;
       }
       emit({

@@ -8,6 +8,7 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { openSync, closeSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { execa } from "execa";
+import { alive, signal } from "./host.js";
 
 export interface NetnsHostSpec {
   /** Short name, used in the namespace name (e.g. "master"). */
@@ -107,23 +108,6 @@ function pidsIn(ns: string): number[] {
       .filter((pid) => Number.isInteger(pid) && pid > 0);
   } catch {
     return [];
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    // already gone
   }
 }
 

@@ -35,6 +35,7 @@ import { existsSync, promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { findTool, isRoot, readText, run, tail } from "./host.js";
 
 export interface NodeSpec {
   name: string;
@@ -114,64 +115,6 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-function tail(text: string, lines = 30): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
-}
-
-function isRoot(): boolean {
-  return typeof process.getuid === "function" && process.getuid() === 0;
-}
-
-async function findTool(name: string): Promise<string | undefined> {
-  // root's PATH under a test runner may lack the sbin directories.
-  const dirs = [...(process.env.PATH ?? "").split(":"), "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
-  for (const dir of dirs) {
-    if (dir === "") continue;
-    const candidate = path.join(dir, name);
-    try {
-      await fs.access(candidate, fs.constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
-async function readText(file: string): Promise<string | undefined> {
-  try {
-    return await fs.readFile(file, "utf8");
-  } catch {
-    return undefined;
-  }
-}
-
-/** Runs a host command; throws an error carrying the command, exit code and stderr tail. */
-async function run(
-  file: string,
-  args: readonly string[],
-  opts: { timeoutMs?: number; input?: string } = {},
-): Promise<string> {
-  const result = await execa(file, args, {
-    reject: false,
-    timeout: opts.timeoutMs ?? 60_000,
-    stdin: opts.input === undefined ? "ignore" : "pipe",
-    ...(opts.input === undefined ? {} : { input: opts.input }),
-    env: { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin`, LC_ALL: "C" },
-  });
-  if (result.failed) {
-    const how = result.timedOut
-      ? "timed out"
-      : result.signal
-        ? `was killed by ${result.signal}`
-        : `exited with ${result.exitCode ?? "?"}`;
-    throw new Error(
-      `${[file, ...args].join(" ")} ${how}\n${tail(result.stderr || result.stdout || "")}`,
-    );
-  }
-  return result.stdout;
 }
 
 // ---------------------------------------------------------------------------------------------
