@@ -50,7 +50,10 @@ describe("static checks of the rendered provisioners (three-node)", () => {
           // A drop-in (docker.service.d/x.conf) is checked as the unit it completes.
           const name = basename(target.replace(/\.d\/[^/]+$/, ""));
           // The scripts expand ${x_bin} to the installed program; any executable stands in here.
-          const unit = body.replace(/\$\{[a-z_]+_bin\}/g, "/bin/true").replace(/\\\\\n/g, "\\\n");
+          const unit = body
+            .replace(/\$\{[a-z_]+_bin\}/g, "/bin/true")
+            .replace(/\\\\\n/g, "\\\n")
+            .replace(/\\\$/g, "$");
           await writeFile(join(unitsDir, name), unit);
           count++;
         }

@@ -41,7 +41,8 @@ put_file() {
 need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
-  [ -n "$path" ] || die "$1 is not installed; the host serves it from its cache (k8slab cache pull <lab>)"
+  [ -n "$path" ] ||
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
   echo "$path"
 }
 
@@ -76,15 +77,29 @@ done
 . "$subnet_env"
 
 dockerd_bin=$(need_bin dockerd)
-put_file /etc/systemd/system/docker.service.d/10-k8slab.conf 0644 <<UNIT
+# A whole unit, not a drop-in: static Docker binaries (an artifact) come without one, and a
+# packaged docker.service is overridden by this file.
+put_file /etc/systemd/system/docker.service 0644 <<UNIT
 [Unit]
-After=flanneld.service
+Description=Docker, on flannel's subnet (k8slab)
+After=network-online.target flanneld.service
+Wants=network-online.target
 Requires=flanneld.service
 
 [Service]
-ExecStart=
+Type=notify
 ExecStart=${dockerd_bin} -H unix:///var/run/docker.sock \\
   --bip=${FLANNEL_SUBNET} --mtu=${FLANNEL_MTU} --ip-masq=false --iptables=false
+ExecReload=/bin/kill -s HUP \$MAINPID
+LimitNOFILE=1048576
+LimitNPROC=infinity
+LimitCORE=infinity
+Delegate=yes
+KillMode=process
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
 UNIT
 changed=$CHANGED
 
