@@ -41,4 +41,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "${status:-0}" -eq 0 ] || exit "$status"
 fi
 
-npm ci --no-audit --no-fund
+# `npm install` from the committed lock file rather than `npm ci`: npm 11 writes lock files
+# without the other platforms' optional packages (rollup's native builds) and then `npm ci`
+# refuses them as out of sync (npm/cli#4828). With the lock file present, `npm install`
+# installs exactly the locked versions.
+npm install --no-audit --no-fund

@@ -8,6 +8,7 @@ import { caCommonName, planCertificates, SERVICE_ACCOUNT, specDifferences } from
 import type { CertificateAuthority, KeyPairPem } from "./certs.js";
 import {
   createCaCertificate,
+  generateEcKeyPair,
   generateRsaKeyPair,
   issueCertificate,
   loadCertificateAuthority,
@@ -265,8 +266,8 @@ async function ensureServiceAccount(
 type KeySource = () => Promise<KeyPairPem>;
 
 /**
- * Hands out RSA key pairs. On a fresh PKI every key is needed, so all generations start at once
- * and run in parallel on libuv's thread pool, overlapping with the CA's.
+ * Hands out RSA key pairs (the CA's and the service account's). On a fresh PKI both are needed,
+ * so their generations start at once and run in parallel on libuv's thread pool.
  */
 function keySource(prestart: number): KeySource {
   const ready = Array.from({ length: prestart }, () => {
@@ -297,7 +298,7 @@ export async function ensurePki(
   const specs = planCertificates(topology);
 
   const fresh = manifest === undefined && (await listDir(dir)).every((f) => !f.endsWith(".pem"));
-  const takeKeys = keySource(fresh ? specs.length + 2 : 0);
+  const takeKeys = keySource(fresh ? 2 : 0);
   const ca = await loadOrCreateCa(dir, topology, manifest, now, result, takeKeys);
 
   const decisions = await Promise.all(
@@ -318,7 +319,7 @@ export async function ensurePki(
         result.reused.push(spec.name);
         return;
       }
-      const keys = await takeKeys();
+      const keys = generateEcKeyPair();
       const certPem = issueCertificate(spec, keys.publicKeyPem, ca, leafValidity);
       await writeIfChanged(join(dir, keyFile(spec.name)), keys.privateKeyPem, SECRET_MODE);
       await writeIfChanged(join(dir, certFile(spec.name)), certPem, PUBLIC_MODE);

@@ -39,6 +39,8 @@ export interface CertFacts {
   notAfter: Date;
   serialHex: string;
   modulusBits: number | undefined;
+  keyType: string | undefined;
+  curve: string | undefined;
 }
 
 const EKU_NAMES: Record<string, string> = {
@@ -65,6 +67,8 @@ export function certFacts(pem: string): CertFacts {
     notAfter: new Date(x509.validTo),
     serialHex: x509.serialNumber,
     modulusBits: x509.publicKey.asymmetricKeyDetails?.modulusLength,
+    keyType: x509.publicKey.asymmetricKeyType,
+    curve: x509.publicKey.asymmetricKeyDetails?.namedCurve,
   };
 }
 
