@@ -207,15 +207,7 @@ export interface FlashConfigResult {
   labFile: string;
   out: string;
   inventory: string;
-  boards: {
-    hostname: string;
-    role: "master" | "node";
-    ip?: string;
-    userData: string;
-    metaData: string;
-    instanceId: string;
-    flash: string;
-  }[];
+  boards: (BoardFiles & { flash: string })[];
   warnings: Problem[];
 }
 

@@ -6,7 +6,7 @@ import { builtinLabsDir } from "../lab/load.js";
 import type { Problem, RuleProblem } from "../lab/problems.js";
 import { validateYamlText } from "../lab/validate-yaml.js";
 import { broadcast, contains, hasHostBits, ipToInt, parseCidr } from "../util/ipv4.js";
-import { InvalidFileError } from "../lab/problems.js";
+import { InvalidFileError, ruleError } from "../lab/problems.js";
 
 /**
  * The Raspberry Pi cluster lab (seed 002): real boards flashed with HypriotOS, one master and N
@@ -116,12 +116,7 @@ export function boardsOf(lab: PiLab): PiBoard[] {
   ];
 }
 
-const err = (path: string, message: string, hint?: string): RuleProblem => ({
-  severity: "error",
-  path,
-  message,
-  ...(hint ? { hint } : {}),
-});
+const err = ruleError;
 
 export function checkPiLabRules(lab: PiLab): RuleProblem[] {
   const problems: RuleProblem[] = [];

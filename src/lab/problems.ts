@@ -15,6 +15,14 @@ export interface Problem {
 /** A problem found by a cross-field rule, before it is pinned to a line (`key`: point at the key). */
 export type RuleProblem = Omit<Problem, "file" | "line" | "col"> & { key?: boolean };
 
+export function ruleError(path: string, message: string, hint?: string): RuleProblem {
+  return { severity: "error", path, message, ...(hint ? { hint } : {}) };
+}
+
+export function ruleWarning(path: string, message: string, hint?: string): RuleProblem {
+  return { severity: "warning", path, message, ...(hint ? { hint } : {}) };
+}
+
 export function formatProblem(p: Problem): string {
   const where = [p.file, p.line, p.col].filter((x) => x !== undefined).join(":");
   const severity = p.severity === "warning" ? "warning: " : "";

@@ -1,5 +1,5 @@
 import type { Lab, Role } from "./schema.js";
-import type { RuleProblem } from "./problems.js";
+import { ruleError, ruleWarning, type RuleProblem } from "./problems.js";
 import {
   broadcast,
   contains,
@@ -22,18 +22,8 @@ export const VAGRANT_NAT = "10.0.2.0/24";
 /** Memory (MB) below which a role is known to struggle. */
 export const MIN_MEMORY: Record<Role, number> = { etcd: 512, "control-plane": 1024, worker: 768 };
 
-const err = (path: string, message: string, hint?: string): RuleProblem => ({
-  severity: "error",
-  path,
-  message,
-  ...(hint ? { hint } : {}),
-});
-const warn = (path: string, message: string, hint?: string): RuleProblem => ({
-  severity: "warning",
-  path,
-  message,
-  ...(hint ? { hint } : {}),
-});
+const err = ruleError;
+const warn = ruleWarning;
 
 /** Rules that span several fields; the schema has already checked each field's shape. */
 export function checkLabRules(lab: Lab): RuleProblem[] {
