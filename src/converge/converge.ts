@@ -202,12 +202,12 @@ async function runStage(
       try {
         await ctx.vagrant.provision(node.name, provisioners, ctx.env);
       } catch (error) {
-        // A permanent Vagrant error (no provider, bad config) stops at once; a failing phase
-        // script or a transient one (SSH not up yet) gets checked, then another pass.
+        // A permanent Vagrant error (no provider, bad config) stops at once. A failing phase
+        // script is expected while the cluster assembles (seed 004's failing first pass), and a
+        // transient error (SSH not up yet) passes too: both get checked, then another pass.
         if (!(error instanceof VagrantError) || !(error.provisioningFailure || error.transient)) {
           throw error;
         }
-        // Expected while the cluster assembles (seed 004's failing first pass): check, then retry.
         failures.push(`${node.name} pass ${pass}: ${scriptFailure(error)} (${error.logFile})`);
       }
     }
