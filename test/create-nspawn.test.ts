@@ -180,6 +180,38 @@ describe.skipIf(!available.ok)(
       expect(log).toMatch(/^ssh master -c sudo curl .*--cert .*etcd-client-apiserver\.pem/m);
     });
 
+    it("provision --phase, ssh -c and kubeconfig work on the lab", async () => {
+      const before = (await readFile(calls, "utf8")).length;
+      const run = await k8slab(["provision", "--dir", "lab", "--phase", "base"]);
+      expect(run.exitCode, run.all).toBe(0);
+      expect(run.stderr).toMatch(/master: ran base\nminion1: ran base\nminion2: ran base/);
+      const added = (await readFile(calls, "utf8")).slice(before);
+      expect(added.trim().split("\n")).toEqual([
+        "provision master --provision-with base --machine-readable",
+        "provision minion1 --provision-with base --machine-readable",
+        "provision minion2 --provision-with base --machine-readable",
+      ]);
+      const ssh = await k8slab([
+        "ssh",
+        "minion2",
+        "--dir",
+        "lab",
+        "-c",
+        "hostname; systemctl is-active etcd",
+      ]);
+      expect(ssh.exitCode, ssh.all).toBe(0);
+      expect(ssh.stdout.trim().split("\n")).toEqual(["minion2", "active"]);
+      const unknown = await k8slab(["ssh", "minion9", "--dir", "lab"]);
+      expect(unknown.exitCode).toBe(2);
+      expect(unknown.stderr).toMatch(
+        /no node "minion9" in lab three-node\nhint: nodes: master, minion1, minion2/,
+      );
+      const kc = await k8slab(["kubeconfig", "--dir", "lab"]);
+      expect(kc.stdout).toBe(
+        `${join(work, "lab", "pki", "admin.kubeconfig")}\nexport KUBECONFIG=${join(work, "lab", "pki", "admin.kubeconfig")}`,
+      );
+    });
+
     it("a stage that misses its deadline says which, what it waited for, what it saw, and collects journals", async () => {
       // 20 min x 0.004 = about 5 s for the control plane, which cannot start here (no flanneld).
       const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"], {
