@@ -271,3 +271,47 @@ describe("create's handling of Vagrant failures", () => {
     expect(calls.filter((c) => c.startsWith("vagrant provision"))).toHaveLength(1);
   });
 });
+
+describe("doctor for libvirt", () => {
+  const runner: Runner = async (file, args) => {
+    if (file === "vagrant" && args[0] === "plugin")
+      return { stdout: "vagrant-libvirt (0.11.2, system)", stderr: "", exitCode: 0 };
+    if (file === "vagrant") return { stdout: "Vagrant 2.3.4", stderr: "", exitCode: 0 };
+    if (file === "virsh")
+      return { stdout: "Running against daemon: 9.0.0", stderr: "", exitCode: 0 };
+    throw new Error(`${file} not found`);
+  };
+  const labWith = (driver: string) =>
+    validateLabText(
+      "x.yaml",
+      editedLab("three-node", [[["provider"], { name: "libvirt", libvirt: { driver } }]]),
+    ).lab!;
+
+  it("reports the plugin, libvirtd and which virtualisation the VMs get", async () => {
+    const dir = await tmp();
+    const present = join(dir, "kvm");
+    await writeFile(present, "");
+    const missing = join(dir, "no-kvm");
+    const item = async (driver: string, kvmDevice: string) =>
+      (await runDoctor({ lab: labWith(driver), provider: "libvirt", dir, runner, kvmDevice })).find(
+        (i) => i.name === "virtualisation",
+      )!;
+    expect(await item("auto", present)).toMatchObject({
+      verdict: "ok",
+      detail: "KVM (/dev/kvm is usable)",
+    });
+    expect(await item("auto", missing)).toMatchObject({ verdict: "warn" });
+    expect(await item("qemu", missing)).toMatchObject({ verdict: "ok" });
+    expect(await item("kvm", missing)).toMatchObject({ verdict: "fail" });
+    const all = await runDoctor({
+      lab: labWith("qemu"),
+      provider: "libvirt",
+      dir,
+      runner,
+      kvmDevice: missing,
+    });
+    expect(
+      all.filter((i) => ["vagrant-libvirt", "libvirtd"].includes(i.name)).map((i) => i.verdict),
+    ).toEqual(["ok", "ok"]);
+  });
+});

@@ -1,4 +1,5 @@
-import { readFile, statfs } from "node:fs/promises";
+import { constants } from "node:fs";
+import { access, readFile, statfs } from "node:fs/promises";
 import { cpus, freemem, networkInterfaces, totalmem } from "node:os";
 import type { Lab } from "../lab/schema.js";
 import { VBOX_DEFAULT_RANGE } from "../lab/rules.js";
@@ -23,6 +24,7 @@ export interface DoctorOptions {
   /** Files read for the host's routes and VirtualBox's network rules (tests point elsewhere). */
   routesFile?: string;
   vboxNetworksFile?: string;
+  kvmDevice?: string;
 }
 
 const GB = 1024 ** 3;
@@ -87,7 +89,35 @@ async function providerChecks(options: DoctorOptions, runner: Runner): Promise<D
     "version",
     "--daemon",
   ]);
+  const driver = options.lab?.provider.libvirt.driver ?? "auto";
+  const kvm = await access(options.kvmDevice ?? "/dev/kvm", constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
   return [
+    driver === "qemu" || (driver === "auto" && !kvm)
+      ? {
+          name: "virtualisation",
+          verdict: driver === "qemu" ? "ok" : "warn",
+          detail: "the VMs run under QEMU software emulation (several times slower than KVM)",
+          ...(driver === "auto"
+            ? { hint: "no usable /dev/kvm; enable hardware virtualisation for speed" }
+            : {}),
+        }
+      : kvm
+        ? {
+            name: "virtualisation",
+            verdict: "ok",
+            detail: "KVM (/dev/kvm is usable)",
+            hint: "if the VMs hang while booting, this KVM cannot run them: set provider.libvirt.driver: qemu",
+          }
+        : {
+            name: "virtualisation",
+            verdict: "fail",
+            detail: "the lab asks for KVM but /dev/kvm is not usable",
+            hint: "set provider.libvirt.driver: qemu (software emulation) or auto",
+          },
+
     /vagrant-libvirt/.test(plugins)
       ? {
           name: "vagrant-libvirt",
