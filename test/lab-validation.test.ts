@@ -239,6 +239,12 @@ describe("cross-field rules", () => {
     ["lab name that is a path", [[["name"], "../x"]], "name", /DNS-1123/],
     ["lab name with a slash", [[["name"], "a/b"]], "name", /DNS-1123/],
     [
+      "an addon without its images",
+      [[["images", "dashboard"], undefined]],
+      "images",
+      /the dashboard addon needs images\.dashboard/,
+    ],
+    [
       "repeated role",
       [
         [

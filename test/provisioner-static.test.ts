@@ -111,8 +111,10 @@ describe("static checks of the rendered provisioners (three-node)", () => {
         if (component) {
           for (const [, body] of writtenFiles(script, "UNIT")) add(component, flagNames(body));
         }
-        for (const [target, body] of writtenFiles(script, "YAML")) {
-          add(basename(target, ".yaml").replace(/"$/, ""), flagNames(body));
+        if (phase === "control-plane") {
+          for (const [target, body] of writtenFiles(script, "YAML")) {
+            add(basename(target, ".yaml").replace(/"$/, ""), flagNames(body));
+          }
         }
       }
     }
@@ -149,5 +151,28 @@ describe("static checks of the rendered provisioners (three-node)", () => {
     expect(kubelet).toContain("--node-ip=192.168.56.166");
     const flannel = await readFile(join(dir, "provision", "minion1", "flannel.sh"), "utf8");
     expect(flannel).toContain("--iface=eth1");
+  });
+
+  it("the addon manifests parse as YAML and carry the lab's DNS address, domain and images", async () => {
+    const { dir, lab } = await renderThreeNode();
+    const script = await readFile(join(dir, "provision", "master", "addons.sh"), "utf8");
+    const manifests = new Map(writtenFiles(script, "YAML").map(([t, body]) => [basename(t), body]));
+    expect([...manifests.keys()]).toEqual(["kube-dns.yaml", "dashboard.yaml"]);
+    for (const [name, body] of manifests) {
+      const docs = parseAllDocuments(body);
+      expect(
+        docs.every((d) => d.errors.length === 0),
+        name,
+      ).toBe(true);
+      expect(docs.map((d) => (d.toJS() as { kind: string }).kind)).toContain("Deployment");
+    }
+    const dns = parseAllDocuments(manifests.get("kube-dns.yaml")!).map(
+      (d) => d.toJS() as { kind: string; spec: Record<string, unknown> },
+    );
+    expect(dns.find((d) => d.kind === "Service")!.spec.clusterIP).toBe(lab.cluster.dnsIp);
+    const body = manifests.get("kube-dns.yaml")!;
+    expect(body).toContain(`--domain=${lab.cluster.domain}.`);
+    expect(body).toContain(`image: ${lab.images.kubeDns}`);
+    expect(manifests.get("dashboard.yaml")).toContain(`image: ${lab.images.dashboard}`);
   });
 });

@@ -34,6 +34,7 @@ export function checkLabRules(lab: Lab): RuleProblem[] {
     ...checkServices(lab),
     ...checkRoles(lab),
     ...checkArtifacts(lab),
+    ...checkAddonImages(lab),
   ];
 }
 
@@ -271,4 +272,18 @@ function checkArtifacts(lab: Lab): RuleProblem[] {
     } else seen.set(a.url, name);
   }
   return problems;
+}
+
+/** The images each addon's manifest runs. */
+const ADDON_IMAGES = {
+  "kube-dns": ["kubeDns", "dnsmasq", "dnsSidecar"],
+  dashboard: ["dashboard"],
+} as const;
+
+function checkAddonImages(lab: Lab): RuleProblem[] {
+  return lab.addons.flatMap((addon) =>
+    ADDON_IMAGES[addon]
+      .filter((key) => !lab.images[key])
+      .map((key) => err("images", `the ${addon} addon needs images.${key}`)),
+  );
 }

@@ -76,7 +76,175 @@ ready=$(kc get nodes --no-headers 2>/dev/null | awk '$2 == "Ready"' | wc -l)
 
 addons=/etc/kubernetes/addons
 install -d -m 0755 "$addons"
-[ -s /etc/kubernetes/addons/kube-dns.yaml ] || die 'the kube-dns manifest is missing (served from the host'\''s cache)'
+
+# kube-dns; its images come from the lab's image artifacts (loaded in the docker phase).
+put_file /etc/kubernetes/addons/kube-dns.yaml 0644 <<'YAML'
+# kube-dns for Kubernetes 1.9 (after cluster/addons/dns/kube-dns.yaml.base), rendered by k8slab.
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels:
+    k8s-app: kube-dns
+    kubernetes.io/cluster-service: "true"
+    kubernetes.io/name: "KubeDNS"
+spec:
+  selector:
+    k8s-app: kube-dns
+  clusterIP: 10.32.0.10
+  ports:
+    - name: dns
+      port: 53
+      protocol: UDP
+    - name: dns-tcp
+      port: 53
+      protocol: TCP
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: kube-dns
+  namespace: kube-system
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kube-dns
+  namespace: kube-system
+---
+apiVersion: extensions/v1beta1
+kind: Deployment
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels:
+    k8s-app: kube-dns
+spec:
+  strategy:
+    rollingUpdate:
+      maxSurge: 10%
+      maxUnavailable: 0
+  selector:
+    matchLabels:
+      k8s-app: kube-dns
+  template:
+    metadata:
+      labels:
+        k8s-app: kube-dns
+    spec:
+      tolerations:
+        - key: CriticalAddonsOnly
+          operator: Exists
+      volumes:
+        - name: kube-dns-config
+          configMap:
+            name: kube-dns
+            optional: true
+      containers:
+        - name: kubedns
+          image: gcr.io/google_containers/k8s-dns-kube-dns-amd64:1.14.7
+          resources:
+            limits:
+              memory: 170Mi
+            requests:
+              cpu: 100m
+              memory: 70Mi
+          livenessProbe:
+            httpGet:
+              path: /healthcheck/kubedns
+              port: 10054
+            initialDelaySeconds: 60
+            timeoutSeconds: 5
+            failureThreshold: 5
+          readinessProbe:
+            httpGet:
+              path: /readiness
+              port: 8081
+            initialDelaySeconds: 3
+            timeoutSeconds: 5
+          args:
+            - --domain=cluster.local.
+            - --dns-port=10053
+            - --config-dir=/kube-dns-config
+            - --v=2
+          env:
+            - name: PROMETHEUS_PORT
+              value: "10055"
+          ports:
+            - containerPort: 10053
+              name: dns-local
+              protocol: UDP
+            - containerPort: 10053
+              name: dns-tcp-local
+              protocol: TCP
+            - containerPort: 10055
+              name: metrics
+              protocol: TCP
+          volumeMounts:
+            - name: kube-dns-config
+              mountPath: /kube-dns-config
+        - name: dnsmasq
+          image: gcr.io/google_containers/k8s-dns-dnsmasq-nanny-amd64:1.14.7
+          livenessProbe:
+            httpGet:
+              path: /healthcheck/dnsmasq
+              port: 10054
+            initialDelaySeconds: 60
+            timeoutSeconds: 5
+            failureThreshold: 5
+          args:
+            - -v=2
+            - -logtostderr
+            - -configDir=/etc/k8s/dns/dnsmasq-nanny
+            - -restartDnsmasq=true
+            - --
+            - -k
+            - --cache-size=1000
+            - --no-negcache
+            - --log-facility=-
+            - --server=/cluster.local/127.0.0.1#10053
+            - --server=/in-addr.arpa/127.0.0.1#10053
+            - --server=/ip6.arpa/127.0.0.1#10053
+          ports:
+            - containerPort: 53
+              name: dns
+              protocol: UDP
+            - containerPort: 53
+              name: dns-tcp
+              protocol: TCP
+          resources:
+            requests:
+              cpu: 150m
+              memory: 20Mi
+          volumeMounts:
+            - name: kube-dns-config
+              mountPath: /etc/k8s/dns/dnsmasq-nanny
+        - name: sidecar
+          image: gcr.io/google_containers/k8s-dns-sidecar-amd64:1.14.7
+          livenessProbe:
+            httpGet:
+              path: /metrics
+              port: 10054
+            initialDelaySeconds: 60
+            timeoutSeconds: 5
+            failureThreshold: 5
+          args:
+            - --v=2
+            - --logtostderr
+            - --probe=kubedns,127.0.0.1:10053,kubernetes.default.svc.cluster.local,5,SRV
+            - --probe=dnsmasq,127.0.0.1:53,kubernetes.default.svc.cluster.local,5,SRV
+          ports:
+            - containerPort: 10054
+              name: metrics
+              protocol: TCP
+          resources:
+            requests:
+              memory: 20Mi
+              cpu: 10m
+      dnsPolicy: Default
+      serviceAccountName: kube-dns
+YAML
 kc apply -f /etc/kubernetes/addons/kube-dns.yaml >/dev/null
 log 'kube-dns applied'
 log "done"
