@@ -33,14 +33,18 @@ function flagNames(text: string): string[] {
   return [...text.matchAll(/(?:^|\s|")--([a-z0-9][a-z0-9-]*)(?==|\s|"|$)/gm)].map((m) => m[1]!);
 }
 
-async function renderThreeNode() {
+async function renderBuiltin(name: string) {
   const cwd = await tmp();
-  return renderLabDir({ lab: "three-node", cwd });
+  return renderLabDir({ lab: name, cwd });
 }
+const renderThreeNode = () => renderBuiltin("three-node");
 
-describe("static checks of the rendered provisioners (three-node)", () => {
-  it("every systemd unit passes systemd-analyze verify", async () => {
-    const { dir, plan } = await renderThreeNode();
+describe("static checks of the rendered provisioners", () => {
+  it.each([
+    ["three-node", 3 * 4 + 2],
+    ["single-node", 5],
+  ])("every systemd unit of %s passes systemd-analyze verify", async (name, units) => {
+    const { dir, plan } = await renderBuiltin(name);
     let count = 0;
     for (const node of plan.nodes) {
       const unitsDir = await tmp();
@@ -66,7 +70,7 @@ describe("static checks of the rendered provisioners (three-node)", () => {
       expect(verify.all, node.name).toBe("");
       expect(verify.exitCode, node.name).toBe(0);
     }
-    expect(count).toBe(3 * 4 + 2);
+    expect(count).toBe(units);
   });
 
   it("every static pod manifest parses as a YAML Pod running the lab's hyperkube image", async () => {
@@ -175,4 +179,26 @@ describe("static checks of the rendered provisioners (three-node)", () => {
     expect(body).toContain(`image: ${lab.images.kubeDns}`);
     expect(manifests.get("dashboard.yaml")).toContain(`image: ${lab.images.dashboard}`);
   });
+
+  it.each(["three-node", "single-node"])(
+    "no rendered script of %s downloads from the internet: only from the host's artifact server",
+    async (name) => {
+      const { dir, files } = await renderBuiltin(name);
+      for (const f of files.filter((p) => p.endsWith(".sh"))) {
+        const script = await readFile(join(dir, f), "utf8");
+        const code = script
+          .split("\n")
+          .filter((l) => !/^\s*#/.test(l) && !/^Documentation=/.test(l))
+          .join("\n");
+        expect(code, f).not.toMatch(/\b(wget|apt-get|apt|yum|dnf|pip|docker pull|git clone)\b/);
+        for (const call of code.match(/\bcurl\b[^\n]*/g) ?? []) {
+          expect(call, f).toMatch(/"\$base_url\/\$name(\.sha256)?"/);
+        }
+        for (const url of code.match(/https?:\/\/[^\s"'\\]+/g) ?? []) {
+          // Only the lab's own addresses: etcd, the API server (local insecure port).
+          expect(url, f).toMatch(/^https?:\/\/(192\.168\.56\.\d+|127\.0\.0\.1)[:/]/);
+        }
+      }
+    },
+  );
 });
