@@ -86,4 +86,23 @@ describe("create and Ctrl-C", () => {
     expect(failed.stderr).toMatch(/hint: install VirtualBox, or use libvirt/);
     expect(await readFile(join(dir, "lab", "lab.json"), "utf8")).toContain('"name": "single-node"');
   });
+
+  it("with Vagrant missing, create stops at once with a hint", async () => {
+    const dir = await tmp();
+    await writeFile(join(dir, "lab.yaml"), editedLab("single-node", [[["artifacts"], {}]]));
+    const started = Date.now();
+    const run = await execa(CLI[0]!, [...CLI.slice(1), "create", "lab.yaml", "--dir", "lab"], {
+      cwd: dir,
+      // Nothing on PATH at all: no vagrant, no VBoxManage.
+      env: { PATH: join(dir, "empty"), HOME: dir, CI: "1" },
+      extendEnv: false,
+      reject: false,
+      all: true,
+      timeout: 60_000,
+    });
+    expect(run.exitCode, run.all).toBe(1);
+    expect(run.stderr).toMatch(/error: host check failed: vagrant: vagrant not found/);
+    expect(run.stderr).toMatch(/hint: install Vagrant/);
+    expect(Date.now() - started).toBeLessThan(30_000);
+  });
 });
