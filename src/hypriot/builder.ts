@@ -2,6 +2,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { CommandFailedError, K8slabError } from "../errors.js";
 import { formatCommand, type RunOptions, type Runner } from "../util/exec.js";
+import { shellQuote, singleQuote } from "../util/quote.js";
 
 /**
  * The one module that runs vagrant, make, docker and git for the Hypriot image builder. Every
@@ -101,7 +102,7 @@ export const steps = {
     step(
       "check that the VM can download the kernel",
       "vagrant",
-      ["ssh", "-c", `curl -fsSI --max-time 30 -o /dev/null ${shellWord(url)}`],
+      ["ssh", "-c", `curl -fsSI --max-time 30 -o /dev/null ${singleQuote(url)}`],
       dir,
       STEP_TIMEOUTS_MS.ssh,
     ),
@@ -132,20 +133,12 @@ export const steps = {
     step("vagrant plugin list", "vagrant", ["plugin", "list"], cwd, STEP_TIMEOUTS_MS.version),
 };
 
-function shellWord(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
-}
-
 /** The step as a user would type it: `cd DIR && env -u X A=b cmd args`. */
 export function describeStep(s: Step): string {
   const unset = s.unsetEnv.map((name) => `-u ${name}`);
-  const set = Object.entries(s.env).map(([k, v]) => `${k}=${shellQuoteLoose(v)}`);
+  const set = Object.entries(s.env).map(([k, v]) => `${k}=${shellQuote(v)}`);
   const env = unset.length > 0 ? ["env", ...unset, ...set] : set;
   return [...env, formatCommand(s.file, s.args)].join(" ");
-}
-
-function shellQuoteLoose(v: string): string {
-  return /^[\w@%+=:,./-]+$/.test(v) ? v : shellWord(v);
 }
 
 /** Run one step; every line it prints goes to onLine. */

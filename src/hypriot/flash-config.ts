@@ -4,7 +4,7 @@ import { isAbsolute, join, relative, resolve } from "node:path";
 import { Document } from "yaml";
 import { K8slabError } from "../errors.js";
 import type { Problem } from "../lab/problems.js";
-import { shellQuote } from "../render/quote.js";
+import { shellQuote } from "../util/quote.js";
 import { intToIp, parseCidr } from "../util/ipv4.js";
 import { boardsOf, loadPiLab, type PiBoard, type PiLab } from "./pi-lab.js";
 

@@ -2,9 +2,9 @@ import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
-import type { RuleProblem } from "../lab/problems.js";
 import { validateYamlText } from "../lab/validate-yaml.js";
-import { InvalidFileError } from "../lab/problems.js";
+import { InvalidFileError, type RuleProblem } from "../lab/problems.js";
+import { singleQuote } from "../util/quote.js";
 
 /**
  * The inputs of image-builder-rpi's `versions.config`, which its builder/build.sh sources with bash
@@ -212,18 +212,13 @@ export const EXPORTED = [
   "DOCKER_MACHINE_VERSION",
 ] as const;
 
-/** A bash word meaning exactly `value` (values are validated, this is the second fence). */
-export function bashQuote(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
-}
-
 /** The text of versions.config, in the builder's own layout; only the chroot's variables exported. */
 export function renderVersionsConfig(v: VersionsConfig): string {
   const line = (name: keyof VersionsConfig): string[] => {
     const value = v[name];
     if (value === undefined) return [];
     const exported = (EXPORTED as readonly string[]).includes(name);
-    return [`${exported ? "export " : ""}${name}=${bashQuote(String(value))}`];
+    return [`${exported ? "export " : ""}${name}=${singleQuote(value)}`];
   };
   return [
     "# versions.config written by k8slab build-hypriot-image; builder/build.sh sources it with bash.",

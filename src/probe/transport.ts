@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { request } from "node:https";
 import { networkInterfaces } from "node:os";
 import { join } from "node:path";
-import { shellQuote } from "../render/quote.js";
+import { shellQuote } from "../util/quote.js";
 import { contains, parseCidr } from "../util/ipv4.js";
 
 /** Which client certificate a check presents. */

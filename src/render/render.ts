@@ -3,7 +3,7 @@ import { join } from "node:path";
 import ejs from "ejs";
 import type { LabPlan, NodePlan, Phase } from "../plan/plan.js";
 import { packageRoot } from "../lab/load.js";
-import { rubyQuote, shellQuote } from "./quote.js";
+import { rubyQuote, shellQuote } from "../util/quote.js";
 
 /** One rendered file, relative to the lab directory. */
 export interface RenderedFile {

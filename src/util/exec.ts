@@ -1,5 +1,6 @@
 import { execa, type Options as ExecaOptions } from "execa";
 import { CommandFailedError, K8slabError } from "../errors.js";
+import { shellQuote } from "./quote.js";
 
 /** The lines of output kept in an error when a command fails. */
 export const TAIL_LINES = 30;
@@ -36,12 +37,8 @@ export function tail(text: string, lines = TAIL_LINES): string {
   return all.slice(-lines).join("\n");
 }
 
-function quoteArg(arg: string): string {
-  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
-}
-
 export function formatCommand(file: string, args: readonly string[]): string {
-  return [file, ...args].map(quoteArg).join(" ");
+  return [file, ...args].map(shellQuote).join(" ");
 }
 
 /**

@@ -1,5 +1,6 @@
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { delimiter, join } from "node:path";
+import { singleQuote } from "../../src/util/quote.js";
 
 /**
  * Fake executables for tests: each one records its argv, cwd and chosen environment variables as
@@ -132,7 +133,7 @@ export async function createFakeBin(
     const exe = join(dir, program);
     await writeFile(
       exe,
-      `#!/bin/sh\nexec ${sh(process.execPath)} ${sh(runner)} ${sh(specFile)} "$@"\n`,
+      `#!/bin/sh\nexec ${singleQuote(process.execPath)} ${singleQuote(runner)} ${singleQuote(specFile)} "$@"\n`,
     );
     await chmod(exe, 0o755);
   }
@@ -153,8 +154,4 @@ export async function createFakeBin(
       return (await calls()).filter((c) => c.program === program);
     },
   };
-}
-
-function sh(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
 }

@@ -4,11 +4,15 @@
  * becomes a literal string in the target language, whatever x holds.
  */
 
-/** A POSIX shell word that means exactly `value`: single quotes, with ' written as '\''. */
+/** A POSIX shell word that means exactly `value`, always in single quotes (' written as '\''). */
+export function singleQuote(value: unknown): string {
+  return `'${String(value).replace(/'/g, `'\\''`)}'`;
+}
+
+/** A POSIX shell word that means exactly `value`: plain words as they are, others single-quoted. */
 export function shellQuote(value: unknown): string {
   const text = String(value);
-  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(text)) return text;
-  return `'${text.replace(/'/g, `'\\''`)}'`;
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(text) ? text : singleQuote(text);
 }
 
 /** A Ruby string literal that means exactly `value` (single quotes: no interpolation). */
