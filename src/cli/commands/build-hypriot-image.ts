@@ -1,22 +1,27 @@
 import { Command, InvalidArgumentError } from "commander";
-import { buildHypriotImage, type BuildHypriotImageResult } from "../../hypriot/build-image.js";
+import {
+  buildHypriotImage,
+  type BuildHypriotImageOptions,
+  type BuildHypriotImageResult,
+} from "../../hypriot/build-image.js";
 import { DEFAULT_KERNEL_PORT, VIRTUALBOX_NAT_HOST } from "../../hypriot/kernel-server.js";
 import { IMAGE_BUILDER_REF } from "../../hypriot/builder.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
+import { untilInterrupted } from "../interrupt.js";
 
-interface Flags {
-  builderDir?: string;
-  config?: string;
-  imageVersion?: string;
-  ref?: string;
-  kernelDeb?: string;
-  kernelHost?: string;
-  kernelBind?: string;
-  kernelPort?: number;
-  log?: string;
-  dryRun?: boolean;
-  json?: boolean;
-}
+/** The command's flags: the build's options by their flag names. */
+type Flags = Pick<
+  BuildHypriotImageOptions,
+  | "builderDir"
+  | "config"
+  | "imageVersion"
+  | "ref"
+  | "kernelDeb"
+  | "kernelHost"
+  | "kernelBind"
+  | "kernelPort"
+  | "dryRun"
+> & { log?: string; json?: boolean };
 
 function port(value: string): number {
   const n = Number(value);
@@ -69,32 +74,29 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
     )
     .option("--json", "print the result as JSON on stdout")
     .action(async (flags: Flags) => {
-      const controller = new AbortController();
-      const onSignal = () => controller.abort();
-      process.once("SIGINT", onSignal);
-      process.once("SIGTERM", onSignal);
-      let result: BuildHypriotImageResult;
-      try {
-        result = await buildHypriotImage({
-          cwd: ctx.cwd,
-          env: ctx.env,
-          signal: controller.signal,
-          onProgress: (line) => say(ctx, line),
-          ...(flags.builderDir !== undefined ? { builderDir: flags.builderDir } : {}),
-          ...(flags.config !== undefined ? { config: flags.config } : {}),
-          ...(flags.imageVersion !== undefined ? { imageVersion: flags.imageVersion } : {}),
-          ...(flags.ref !== undefined ? { ref: flags.ref } : {}),
-          ...(flags.kernelDeb !== undefined ? { kernelDeb: flags.kernelDeb } : {}),
-          ...(flags.kernelHost !== undefined ? { kernelHost: flags.kernelHost } : {}),
-          ...(flags.kernelBind !== undefined ? { kernelBind: flags.kernelBind } : {}),
-          ...(flags.kernelPort !== undefined ? { kernelPort: flags.kernelPort } : {}),
-          ...(flags.log !== undefined ? { logFile: flags.log } : {}),
-          dryRun: flags.dryRun ?? false,
-        });
-      } finally {
-        process.off("SIGINT", onSignal);
-        process.off("SIGTERM", onSignal);
-      }
+      const result: BuildHypriotImageResult = await untilInterrupted(
+        {
+          message: "interrupted; the build stopped and the kernel server with it",
+          hint: "the builder VM keeps running; run the same command again to build anew",
+        },
+        (signal) =>
+          buildHypriotImage({
+            cwd: ctx.cwd,
+            env: ctx.env,
+            signal,
+            onProgress: (line) => say(ctx, line),
+            builderDir: flags.builderDir,
+            config: flags.config,
+            imageVersion: flags.imageVersion,
+            ref: flags.ref,
+            kernelDeb: flags.kernelDeb,
+            kernelHost: flags.kernelHost,
+            kernelBind: flags.kernelBind,
+            kernelPort: flags.kernelPort,
+            logFile: flags.log,
+            dryRun: flags.dryRun ?? false,
+          }),
+      );
       if (flags.json) return printJson(ctx, result);
       if (result.dryRun) return printPlan(ctx, result);
       printResult(ctx, `image:    ${result.image}`);

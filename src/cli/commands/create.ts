@@ -2,9 +2,9 @@ import { relative } from "node:path";
 import { Command, Option } from "commander";
 import { createLab, type CreateOptions } from "../../converge/converge.js";
 import { STAGE_NAMES, type StageName } from "../../converge/stages.js";
-import { K8slabError } from "../../errors.js";
 import { PROVIDERS } from "../../lab/schema.js";
 import { printJson, say, type CliContext } from "../context.js";
+import { untilInterrupted } from "../interrupt.js";
 import { lineReporter, withTaskList } from "../progress.js";
 
 /** Tuning for slow laptops (and tests): K8SLAB_DEADLINE_SCALE=2 doubles every stage deadline. */
@@ -17,37 +17,11 @@ function tuning(env: NodeJS.ProcessEnv): Pick<CreateOptions, "deadlineScale" | "
   };
 }
 
-/** Ctrl-C stops child processes through an AbortSignal; state.json holds only finished stages. */
-export function abortOnSigint(): { signal: AbortSignal; dispose: () => void } {
-  const controller = new AbortController();
-  const onSignal = () =>
-    controller.abort(
-      new K8slabError("interrupted; finished stages are kept in state.json", {
-        exitCode: 130,
-        hint: "run the same command again to continue where it stopped",
-      }),
-    );
-  // `on`, not `once`: execa's exit hook re-raises the signal when it sees no other listener.
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-  return {
-    signal: controller.signal,
-    dispose: () => {
-      process.off("SIGINT", onSignal);
-      process.off("SIGTERM", onSignal);
-    },
-  };
-}
-
-/** Whatever a cancelled child or timer throws, an interrupted run reports the interruption. */
-export async function interruptible<T>(signal: AbortSignal, work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if (signal.aborted) throw signal.reason;
-    throw error;
-  }
-}
+/** What an interrupted create or provision says: finished work is kept. */
+export const RESUMABLE = {
+  message: "interrupted; finished stages are kept in state.json",
+  hint: "run the same command again to continue where it stopped",
+};
 
 export function createCommand(ctx: CliContext): Command {
   return new Command("create")
@@ -80,43 +54,36 @@ export function createCommand(ctx: CliContext): Command {
           json?: boolean;
         },
       ) => {
-        const { signal, dispose } = abortOnSigint();
-        const options = (onEvent: CreateOptions["onEvent"]): CreateOptions => ({
-          lab: ref,
-          cwd: ctx.cwd,
-          dir: opts.dir,
-          provider: opts.provider,
-          until: opts.until,
-          env: ctx.env,
-          signal,
-          ...tuning(ctx.env),
-          ...(onEvent ? { onEvent } : {}),
+        const result = await untilInterrupted(RESUMABLE, (signal) => {
+          const options = (onEvent: CreateOptions["onEvent"]): CreateOptions => ({
+            lab: ref,
+            cwd: ctx.cwd,
+            dir: opts.dir,
+            provider: opts.provider,
+            until: opts.until,
+            env: ctx.env,
+            signal,
+            ...tuning(ctx.env),
+            ...(onEvent ? { onEvent } : {}),
+          });
+          return ctx.interactive && !opts.verbose
+            ? withTaskList(ctx, opts.until ?? "addons", (onEvent) => createLab(options(onEvent)))
+            : createLab(options(lineReporter(ctx, opts.verbose)));
         });
-        try {
-          const result = await interruptible(signal, () =>
-            ctx.interactive && !opts.verbose
-              ? withTaskList(ctx, opts.until ?? "addons", (onEvent) => createLab(options(onEvent)))
-              : createLab(options(lineReporter(ctx, opts.verbose))),
-          );
-          if (opts.json) return printJson(ctx, result);
-          const shown = relative(ctx.cwd, result.dir) || ".";
-          const done = result.stages.map(
-            (s) => `${s.stage} ${s.status === "skipped" ? "(already done)" : "ok"}`,
-          );
-          say(ctx, `lab ${result.lab}: ${done.join(", ")}`);
-          if (!result.complete)
-            say(
-              ctx,
-              `stopped after ${opts.until}; continue with: k8slab create ${ref}${opts.dir ? ` --dir ${opts.dir}` : ""}`,
-            );
-          say(ctx, `export KUBECONFIG=${result.kubeconfig}`);
+        if (opts.json) return printJson(ctx, result);
+        const shown = relative(ctx.cwd, result.dir) || ".";
+        const done = result.stages.map(
+          (s) => `${s.stage} ${s.status === "skipped" ? "(already done)" : "ok"}`,
+        );
+        say(ctx, `lab ${result.lab}: ${done.join(", ")}`);
+        if (!result.complete)
           say(
             ctx,
-            `cd ${shown} && vagrant ssh ${"master"}   # or: k8slab ssh <node> --dir ${shown}`,
+            `stopped after ${opts.until}; continue with: k8slab create ${ref}${opts.dir ? ` --dir ${opts.dir}` : ""}`,
           );
-        } finally {
-          dispose();
-        }
+        say(ctx, `export KUBECONFIG=${result.kubeconfig}`);
+        // The control-plane node is Vagrant's primary machine: plain `vagrant ssh` goes there.
+        say(ctx, `cd ${shown} && vagrant ssh   # or: k8slab ssh <node> --dir ${shown}`);
       },
     );
 }

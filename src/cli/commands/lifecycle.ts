@@ -10,7 +10,8 @@ import { openLab } from "../../lifecycle/open-lab.js";
 import { destroyLab, labStatus, labVagrant, provisionLab } from "../../lifecycle/ops.js";
 import { PHASES, type Phase } from "../../plan/plan.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
-import { abortOnSigint, interruptible } from "./create.js";
+import { untilInterrupted } from "../interrupt.js";
+import { RESUMABLE } from "./create.js";
 
 const labArg = ["[lab]", "lab name or file (default: the lab directory you are in)"] as const;
 const dirOption = [
@@ -60,20 +61,15 @@ export function provisionCommand(ctx: CliContext): Command {
     .addOption(new Option("--phase <phase>", "the phase to run").choices(PHASES))
     .action(async (lab: string | undefined, opts: { dir?: string; phase?: Phase }) => {
       const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
-      const { signal, dispose } = abortOnSigint();
-      try {
-        const { ran } = await interruptible(signal, () =>
-          provisionLab(open, {
-            env: ctx.env,
-            phase: opts.phase,
-            signal,
-            onLine: (line) => say(ctx, `    ${line}`),
-          }),
-        );
-        for (const r of ran) say(ctx, `${r.node}: ran ${r.provisioners.join(", ")}`);
-      } finally {
-        dispose();
-      }
+      const { ran } = await untilInterrupted(RESUMABLE, (signal) =>
+        provisionLab(open, {
+          env: ctx.env,
+          phase: opts.phase,
+          signal,
+          onLine: (line) => say(ctx, `    ${line}`),
+        }),
+      );
+      for (const r of ran) say(ctx, `${r.node}: ran ${r.provisioners.join(", ")}`);
     });
 }
 
