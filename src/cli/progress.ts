@@ -7,7 +7,7 @@ import {
   type ListrTaskWrapper,
   type SimpleRenderer,
 } from "listr2";
-import { STAGES } from "../converge/stages.js";
+import { stagesUntil, type StageName } from "../converge/stages.js";
 import type { ConvergeEvent } from "../converge/converge.js";
 import { say, type CliContext } from "./context.js";
 
@@ -68,10 +68,10 @@ function deferred(): Deferred {
  */
 export async function withTaskList<T>(
   ctx: CliContext,
-  until: string,
+  until: StageName,
   work: (onEvent: (e: ConvergeEvent) => void) => Promise<T>,
 ): Promise<T> {
-  const stages = STAGES.slice(0, STAGES.findIndex((s) => s.name === until) + 1);
+  const stages = stagesUntil(until);
   const gates = new Map(stages.map((s) => [s.name as string, deferred()]));
   const tasks = new Map<string, TaskWrapper>();
   const prep = deferred();

@@ -12,7 +12,7 @@ import { renderLabDir, type RenderResult } from "../render/index.js";
 import type { Runner } from "../util/exec.js";
 import { VagrantError, type Vagrant } from "../vagrant/vagrant.js";
 import { readState, writeState, type LabState } from "./state.js";
-import { provisionersFor, STAGE_NAMES, STAGES, type Stage, type StageName } from "./stages.js";
+import { provisionersFor, stagesUntil, type Stage, type StageName } from "./stages.js";
 
 export type Provider = "virtualbox" | "libvirt";
 
@@ -292,7 +292,7 @@ export async function createLab(options: CreateOptions): Promise<CreateResult> {
   const logs = join(dir, "logs");
   const state: LabState = await readState(dir, plan.lab.name);
   const until = options.until ?? "addons";
-  const wanted = STAGES.slice(0, STAGE_NAMES.indexOf(until) + 1);
+  const wanted = stagesUntil(until);
   const outcomes: StageOutcome[] = [];
   const kubeconfig = join(dir, "pki", "admin.kubeconfig");
   const result = (complete: boolean): CreateResult => ({

@@ -97,6 +97,7 @@ export function provisionersFor(node: NodePlan, phases: readonly Phase[]): strin
     .flatMap((p) => (p === "pki" ? ["pki-upload", "pki"] : [p]));
 }
 
-export function stageByName(name: string): Stage | undefined {
-  return STAGES.find((s) => s.name === name);
+/** The stages up to and including `until`, in order. */
+export function stagesUntil(until: StageName): readonly Stage[] {
+  return STAGES.slice(0, STAGE_NAMES.indexOf(until) + 1);
 }
