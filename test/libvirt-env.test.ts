@@ -12,6 +12,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LibvirtEnv, LibvirtExecResult } from "./helpers/libvirt-env.js";
 import { ensureTestBox, libvirtAvailable, startLibvirtEnv } from "./helpers/libvirt-env.js";
+import { netnsNames, processesMentioning } from "./helpers/host.js";
 
 const E2E = process.env.K8SLAB_E2E === "1";
 const availability = E2E ? await libvirtAvailable() : { ok: false, reason: "K8SLAB_E2E is not 1" };
@@ -39,25 +40,6 @@ function describeResult(what: string, r: LibvirtExecResult): string {
 }
 
 const SBIN = "/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin";
-
-async function netnsList(): Promise<string[]> {
-  const { stdout } = await execa("ip", ["netns", "list"], { env: { PATH: SBIN }, timeout: 10_000 });
-  return stdout
-    .split("\n")
-    .map((l) => l.split(" ")[0] ?? "")
-    .filter(Boolean);
-}
-
-/** Host processes whose command line mentions `needle`. */
-async function processesMentioning(needle: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await fs.readdir("/proc")) {
-    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
-    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-    if (cmdline.includes(needle)) found.push(`${pid}: ${cmdline.replaceAll("\0", " ")}`);
-  }
-  return found;
-}
 
 function vagrantfile(consoleLog: string): string {
   return `# k8slab e2e test VM (test/libvirt-env.test.ts)
@@ -204,7 +186,7 @@ describe.skipIf(!E2E)("vagrant-libvirt in a private network namespace", () => {
     timed("stop()", Date.now() - t);
 
     expect(await env!.leftovers()).toEqual([]);
-    expect(await netnsList()).not.toContain(netns);
+    expect(await netnsNames()).not.toContain(netns);
     expect(await processesMentioning(stateDir)).toEqual([]);
     expect(await processesMentioning(id)).toEqual([]);
     const qemus = (await processesMentioning("qemu-system")).filter((p) => p.includes(project));

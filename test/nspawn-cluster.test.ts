@@ -5,6 +5,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { NspawnCluster } from "./helpers/nspawn-cluster.js";
 import { ensureRootfs, nspawnAvailable, startNspawnCluster } from "./helpers/nspawn-cluster.js";
+import { netnsNames, processesMentioning } from "./helpers/host.js";
 
 const availability = await nspawnAvailable();
 if (!availability.ok) {
@@ -16,22 +17,6 @@ const NODES = [
   { name: "minion1", ip: "192.168.56.166", prefix: 24 },
   { name: "minion2", ip: "192.168.56.167", prefix: 24 },
 ];
-
-async function netnsList(): Promise<string> {
-  return (await execa("ip", ["netns", "list"], { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" } }))
-    .stdout;
-}
-
-/** Host processes whose command line mentions the cluster id. */
-async function processesMentioning(id: string): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await fs.readdir("/proc")) {
-    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
-    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-    if (cmdline.includes(id)) found.push(`${pid}: ${cmdline.replaceAll("\0", " ")}`);
-  }
-  return found;
-}
 
 describe.skipIf(!availability.ok)("nspawn cluster harness", () => {
   let cluster: NspawnCluster | undefined;
@@ -133,7 +118,7 @@ describe.skipIf(!availability.ok)("nspawn cluster harness", () => {
     const c = cluster!;
     await c.stop();
     await c.stop(); // idempotent
-    expect(await netnsList()).not.toContain(c.id);
+    expect((await netnsNames()).filter((n) => n.includes(c.id))).toEqual([]);
     expect(await processesMentioning(c.id)).toEqual([]);
     const mountinfo = await fs.readFile("/proc/self/mountinfo", "utf8");
     expect(mountinfo).not.toContain(c.workDir);

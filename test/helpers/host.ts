@@ -11,9 +11,8 @@ export function hostPath(): string {
   return `${process.env.PATH ?? ""}:${SBIN_PATH}`;
 }
 
-export function tail(text: string, lines = 30): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
-}
+export { tail } from "../../src/util/exec.js";
+import { tail } from "../../src/util/exec.js";
 
 export function isRoot(): boolean {
   return typeof process.getuid === "function" && process.getuid() === 0;
@@ -82,4 +81,23 @@ export function signal(pid: number, sig: NodeJS.Signals): void {
   } catch {
     // already gone
   }
+}
+
+/** Names of the network namespaces on the host. */
+export async function netnsNames(): Promise<string[]> {
+  return (await run("ip", ["netns", "list"], { timeoutMs: 10_000 }))
+    .split("\n")
+    .map((l) => l.split(" ")[0] ?? "")
+    .filter(Boolean);
+}
+
+/** Host processes (other than this one) whose command line mentions `needle`. */
+export async function processesMentioning(needle: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await fs.readdir("/proc")) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    if (cmdline.includes(needle)) found.push(`${pid}: ${cmdline.replaceAll("\0", " ")}`);
+  }
+  return found;
 }

@@ -39,6 +39,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { findAptMirror } from "./nspawn-cluster.js";
 import { alive, findTool, hostPath, isRoot, readText, run, signal, tail } from "./host.js";
+import { singleQuote } from "../../src/util/quote.js";
 
 export interface LibvirtExecResult {
   exitCode: number | undefined;
@@ -413,8 +414,7 @@ cgroup_controllers = [ ]
  * directories bound over the system ones.
  */
 function setupScript(stateDir: string): string {
-  const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-  const s = q(stateDir);
+  const s = singleQuote(stateDir);
   return `set -eu
 mount --make-rslave /
 mkdir -p ${s}/cgroup-save
