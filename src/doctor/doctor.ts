@@ -2,6 +2,8 @@ import { constants } from "node:fs";
 import { access, readFile, statfs } from "node:fs/promises";
 import { cpus, freemem, networkInterfaces, totalmem } from "node:os";
 import type { Lab } from "../lab/schema.js";
+import { boxFor } from "../plan/plan.js";
+import { parseMachineReadable } from "../vagrant/machine-readable.js";
 import { VBOX_DEFAULT_RANGE } from "../lab/rules.js";
 import { runCommand, type Runner } from "../util/exec.js";
 import { contains, formatCidr, nthAddress, overlaps, parseCidr, type Cidr } from "../util/ipv4.js";
@@ -54,6 +56,7 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorItem[]> {
         },
   );
   items.push(...(await providerChecks(options, runner)));
+  if (options.lab && vagrant) items.push(await boxCheck(options.lab, options.provider, runner));
   if (options.lab) {
     items.push(...resourceChecks(options.lab));
     items.push(await diskCheck(options.lab, options.dir));
@@ -139,6 +142,66 @@ async function providerChecks(options: DoctorOptions, runner: Runner): Promise<D
           hint: "install and start it: apt-get install libvirt-daemon-system, and add yourself to the libvirt group",
         },
   ];
+}
+
+/**
+ * The lab names a box for the provider, and Vagrant has it for that provider or can fetch it
+ * (a catalogue name such as ubuntu/xenial64, or a URL). Boxes are often published for one
+ * provider only: a box added for VirtualBox does not boot under libvirt.
+ */
+async function boxCheck(
+  lab: Lab,
+  provider: DoctorOptions["provider"],
+  runner: Runner,
+): Promise<DoctorItem> {
+  const box = boxFor(lab, provider);
+  if (!box) {
+    return {
+      name: "box",
+      verdict: "fail",
+      detail: `the lab names no box for ${provider}`,
+      hint: `add a box published for ${provider} to the lab file (box: ${provider}: name: ...), or use --provider ${provider === "libvirt" ? "virtualbox" : "libvirt"}`,
+    };
+  }
+  const listed = await runner("vagrant", ["box", "list", "--machine-readable"], {
+    timeoutMs: 60_000,
+  }).then(
+    (r) => parseMachineReadable(r.stdout),
+    () => [],
+  );
+  // Lines come in groups: box-name, box-provider, box-version.
+  const providers: string[] = [];
+  for (let i = 0; i < listed.length; i++) {
+    const line = listed[i]!;
+    if (line.type === "box-name" && line.data[0] === box.name) {
+      const next = listed.slice(i + 1).find((l) => l.type === "box-provider");
+      if (next?.data[0]) providers.push(next.data[0]);
+    }
+  }
+  if (providers.includes(provider)) {
+    return { name: "box", verdict: "ok", detail: `${box.name} is added for ${provider}` };
+  }
+  const fetchable = box.url !== undefined || box.name.includes("/");
+  if (providers.length > 0 && !fetchable) {
+    return {
+      name: "box",
+      verdict: "fail",
+      detail: `${box.name} is added only for ${providers.join(", ")}, not for ${provider}`,
+      hint: `add it for ${provider}: vagrant box add --provider ${provider} ${box.name} <file or URL>`,
+    };
+  }
+  return fetchable
+    ? {
+        name: "box",
+        verdict: "ok",
+        detail: `${box.name} for ${provider} is downloaded by vagrant up${providers.length ? ` (added for ${providers.join(", ")} only so far)` : ""}`,
+      }
+    : {
+        name: "box",
+        verdict: "fail",
+        detail: `${box.name} is not added and has no url to fetch it from`,
+        hint: `add it: vagrant box add --name ${box.name} <file or URL>, or give box.url in the lab file`,
+      };
 }
 
 function atLeast(versionText: string, want: number[]): boolean {

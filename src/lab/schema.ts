@@ -41,6 +41,24 @@ export const role = z.enum(ROLES);
 export type Role = z.infer<typeof role>;
 
 export const PROVIDERS = ["virtualbox", "libvirt"] as const;
+export type ProviderName = (typeof PROVIDERS)[number];
+
+const boxSpec = z.strictObject({
+  name: z.string().regex(BOX, "must be a box name such as ubuntu/xenial64"),
+  version: z
+    .string()
+    .regex(
+      /^[0-9<>=~!][0-9A-Za-z.<>=~!, -]{0,40}$/,
+      "must be a box version constraint such as 20180309.0.0 or >= 2.0",
+    )
+    .optional(),
+  url: z
+    .string()
+    .regex(/^(https?|file):\/\/[^\s'"`$\\]{1,2000}$/, "must be an http(s) or file URL")
+    .optional()
+    .describe("Where to fetch the box from when it is not in a catalogue."),
+});
+export type BoxSpec = z.infer<typeof boxSpec>;
 
 const node = z
   .strictObject({
@@ -119,22 +137,19 @@ export const labSchema = z
       .regex(/^[^\n\r]*$/, "must be a single line")
       .optional(),
     box: z
-      .strictObject({
-        name: z.string().regex(BOX, "must be a box name such as ubuntu/xenial64"),
-        version: z
-          .string()
-          .regex(
-            /^[0-9<>=~!][0-9A-Za-z.<>=~!, -]{0,40}$/,
-            "must be a box version constraint such as 20180309.0.0 or >= 2.0",
-          )
-          .optional(),
-        url: z
-          .string()
-          .regex(/^(https?|file):\/\/[^\s'"`$\\]{1,2000}$/, "must be an http(s) or file URL")
-          .optional()
-          .describe("Where to fetch the box from when it is not in a catalogue."),
-      })
-      .default({ name: "ubuntu/xenial64" }),
+      .union([
+        boxSpec,
+        z
+          .strictObject({
+            virtualbox: boxSpec.optional(),
+            libvirt: boxSpec.optional(),
+          })
+          .refine((b) => b.virtualbox || b.libvirt, "name a box for at least one provider"),
+      ])
+      .default({ name: "ubuntu/xenial64" })
+      .describe(
+        "The Vagrant box: one for every provider ({name, version, url}), or one per provider ({virtualbox: {...}, libvirt: {...}}), as boxes are often published for one provider only.",
+      ),
     provider: z
       .strictObject({
         name: z.enum(PROVIDERS).default("virtualbox"),
@@ -153,8 +168,10 @@ export const labSchema = z
       interface: z
         .string()
         .regex(/^[a-z][a-z0-9]{0,14}$/, "must be an interface name such as eth1")
-        .default("eth1")
-        .describe("The private NIC inside the VMs; never Vagrant's NAT eth0."),
+        .optional()
+        .describe(
+          "The private NIC inside the VMs (eth1, enp0s8), checked by the base phase. Without it, the NIC is the one that holds the node's address; never Vagrant's NAT eth0.",
+        ),
     }),
     nodes: z.array(node).min(1, "a lab needs at least one node").max(32),
     versions: z

@@ -1,4 +1,4 @@
-import type { Lab, LabNode, Role } from "../lab/schema.js";
+import type { BoxSpec, Lab, LabNode, ProviderName, Role } from "../lab/schema.js";
 import type { PkiTopology } from "../pki/topology.js";
 import { nthAddress, parseCidr } from "../util/ipv4.js";
 
@@ -26,8 +26,11 @@ export interface NodePlan extends LabNode {
   phases: Phase[];
   isMaster: boolean;
   isEtcd: boolean;
-  /** Runs a kubelet that registers as a schedulable node. */
-  registers: boolean;
+  /**
+   * Pods may be scheduled here: a worker, or the control-plane node when the lab says so. Every
+   * node registers with the API server; one that is not schedulable carries the master taint.
+   */
+  schedulable: boolean;
   artifacts: PlannedArtifact[];
 }
 
@@ -62,11 +65,16 @@ export const VM_PATHS = {
   files: "/opt/k8slab/files",
 } as const;
 
+/** The box a provider boots: the lab's one box, or the one it names for that provider. */
+export function boxFor(lab: Lab, provider: ProviderName): BoxSpec | undefined {
+  return "name" in lab.box ? lab.box : lab.box[provider];
+}
+
 function has(node: LabNode, role: Role): boolean {
   return node.roles.includes(role);
 }
 
-function phasesFor(node: LabNode, lab: Lab, registers: boolean): Phase[] {
+function phasesFor(node: LabNode, lab: Lab): Phase[] {
   const isMaster = has(node, "control-plane");
   return PHASES.filter((phase) => {
     switch (phase) {
@@ -75,8 +83,6 @@ function phasesFor(node: LabNode, lab: Lab, registers: boolean): Phase[] {
       case "control-plane":
       case "flannel-config":
         return isMaster;
-      case "kube-proxy":
-        return registers;
       case "addons":
         return isMaster && lab.addons.length > 0;
       case "artifacts":
@@ -100,14 +106,14 @@ export function artifactsFor(node: LabNode, lab: Lab): PlannedArtifact[] {
 export function planLab(lab: Lab): LabPlan {
   const nodes: NodePlan[] = lab.nodes.map((node) => {
     const isMaster = has(node, "control-plane");
-    const registers = has(node, "worker") || (isMaster && lab.cluster.schedulableMaster);
+    const schedulable = has(node, "worker") || (isMaster && lab.cluster.schedulableMaster);
     return {
       ...node,
       isMaster,
       isEtcd: has(node, "etcd"),
-      registers,
+      schedulable,
       artifacts: artifactsFor(node, lab),
-      phases: phasesFor(node, lab, registers),
+      phases: phasesFor(node, lab),
     };
   });
   const master = nodes.find((n) => n.isMaster);
