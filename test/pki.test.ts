@@ -315,6 +315,8 @@ describe("per-node bundles", () => {
         "etcd-server-master-key.pem",
         "etcd-peer-master-key.pem",
         "kubelet-master.kubeconfig",
+        // Every node, the master too, registers and runs kube-proxy.
+        "kube-proxy.kubeconfig",
       ]),
     );
     const minion = await readdir(nodeBundleDir(labDir, "minion1"));

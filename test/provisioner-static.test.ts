@@ -5,6 +5,7 @@ import { basename, join } from "node:path";
 import { execa } from "execa";
 import { parse, parseAllDocuments } from "yaml";
 import { renderLabDir } from "../src/render/index.js";
+import { k8sFixturesMissing, prepareK8sFixtures } from "./helpers/k8s-fixtures.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 /**
@@ -13,6 +14,7 @@ import { useTmpDirs } from "./helpers/tmp.js";
  * rendered for Kubernetes v1.9.3 is one that version accepts.
  */
 const tmp = useTmpDirs();
+const fixturesMissing = k8sFixturesMissing();
 
 interface FlagData {
   _source: Record<string, string>;
@@ -23,10 +25,19 @@ const FLAGS = JSON.parse(
 ) as FlagData;
 const accepted = (component: string) => new Set(FLAGS[component] as string[]);
 
-/** Files a script writes with `put_file PATH MODE <<TAG`: [target path, body]. */
+/**
+ * Files a script writes with `put_file PATH MODE <<TAG` (or a static pod manifest with
+ * `static_pod NAME <<TAG`): [target path, body].
+ */
 function writtenFiles(script: string, tag: string): [string, string][] {
-  const re = new RegExp(`put_file (\\S+) \\d+ <<'?${tag}'?\\n([\\s\\S]*?)\\n${tag}\\n`, "g");
-  return [...script.matchAll(re)].map((m) => [m[1]!.replace(/^"|"$/g, ""), m[2]!]);
+  const re = new RegExp(
+    `(?:put_file (\\S+) \\d+|static_pod (\\S+)) <<'?${tag}'?\\n([\\s\\S]*?)\\n${tag}\\n`,
+    "g",
+  );
+  return [...script.matchAll(re)].map((m) => [
+    m[1] ? m[1].replace(/^"|"$/g, "") : `${m[2]}.yaml`,
+    m[3]!,
+  ]);
 }
 
 function flagNames(text: string): string[] {
@@ -39,9 +50,38 @@ async function renderBuiltin(name: string) {
 }
 const renderThreeNode = () => renderBuiltin("three-node");
 
+/** The flags rendered for each component of three-node (unit files and static pods). */
+async function renderedFlags(): Promise<Map<string, string[]>> {
+  const { dir, plan } = await renderThreeNode();
+  const seen = new Map<string, string[]>();
+  const add = (component: string, flags: string[]) =>
+    seen.set(component, [...(seen.get(component) ?? []), ...flags]);
+  const unitComponent: Record<string, string> = {
+    etcd: "etcd",
+    flannel: "flanneld",
+    kubelet: "kubelet",
+    "kube-proxy": "kube-proxy",
+  };
+  for (const node of plan.nodes) {
+    for (const phase of node.phases) {
+      const script = await readFile(join(dir, "provision", node.name, `${phase}.sh`), "utf8");
+      const component = unitComponent[phase];
+      if (component) {
+        for (const [, body] of writtenFiles(script, "UNIT")) add(component, flagNames(body));
+      }
+      if (phase === "control-plane") {
+        for (const [target, body] of writtenFiles(script, "YAML")) {
+          add(basename(target, ".yaml").replace(/"$/, ""), flagNames(body));
+        }
+      }
+    }
+  }
+  return seen;
+}
+
 describe("static checks of the rendered provisioners", () => {
   it.each([
-    ["three-node", 3 * 4 + 2],
+    ["three-node", 3 * 5],
     ["single-node", 5],
   ])("every systemd unit of %s passes systemd-analyze verify", async (name, units) => {
     const { dir, plan } = await renderBuiltin(name);
@@ -56,6 +96,7 @@ describe("static checks of the rendered provisioners", () => {
           // The scripts expand ${x_bin} to the installed program; any executable stands in here.
           const unit = body
             .replace(/\$\{[a-z_]+_bin\}/g, "/bin/true")
+            .replace(/\$\{[a-z_]+_dir\}/g, "/usr/bin")
             .replace(/\\\\\n/g, "\\\n")
             .replace(/\\\$/g, "$");
           await writeFile(join(unitsDir, name), unit);
@@ -98,30 +139,7 @@ describe("static checks of the rendered provisioners", () => {
   });
 
   it("every flag rendered is one that its component's version accepts", async () => {
-    const { dir, plan } = await renderThreeNode();
-    const seen = new Map<string, string[]>();
-    const add = (component: string, flags: string[]) =>
-      seen.set(component, [...(seen.get(component) ?? []), ...flags]);
-    const unitComponent: Record<string, string> = {
-      etcd: "etcd",
-      flannel: "flanneld",
-      kubelet: "kubelet",
-      "kube-proxy": "kube-proxy",
-    };
-    for (const node of plan.nodes) {
-      for (const phase of node.phases) {
-        const script = await readFile(join(dir, "provision", node.name, `${phase}.sh`), "utf8");
-        const component = unitComponent[phase];
-        if (component) {
-          for (const [, body] of writtenFiles(script, "UNIT")) add(component, flagNames(body));
-        }
-        if (phase === "control-plane") {
-          for (const [target, body] of writtenFiles(script, "YAML")) {
-            add(basename(target, ".yaml").replace(/"$/, ""), flagNames(body));
-          }
-        }
-      }
-    }
+    const seen = await renderedFlags();
     expect([...seen.keys()].sort()).toEqual([
       "etcd",
       "flanneld",
@@ -137,6 +155,32 @@ describe("static checks of the rendered provisioners", () => {
       expect(unknown, `${component} (list from ${FLAGS._source[component]})`).toEqual([]);
     }
   });
+
+  it.skipIf(fixturesMissing !== undefined)(
+    `every Kubernetes and flannel flag rendered is one the real v1.9.3 and v0.10.0 programs accept${fixturesMissing ? ` (skipped: ${fixturesMissing})` : ""}`,
+    async () => {
+      const fixtures = await prepareK8sFixtures();
+      const seen = await renderedFlags();
+      const programs: Record<string, [string, ...string[]]> = {
+        "kube-apiserver": [fixtures.hyperkube, "apiserver"],
+        "kube-controller-manager": [fixtures.hyperkube, "controller-manager"],
+        "kube-scheduler": [fixtures.hyperkube, "scheduler"],
+        kubelet: [fixtures.hyperkube, "kubelet"],
+        "kube-proxy": [fixtures.hyperkube, "proxy"],
+        flanneld: [fixtures.flanneld],
+      };
+      for (const [component, [file, ...args]] of Object.entries(programs)) {
+        const help = await execa(file, [...args, "--help"], { reject: false, all: true });
+        // cobra lists --flags; flanneld (Go's flag package) lists -flags.
+        const known = new Set(
+          [...(help.all ?? "").matchAll(/^\s+--?([a-z0-9][a-z0-9-]*)/gm)].map((m) => m[1]!),
+        );
+        expect(known.size, `${component} --help: ${help.all?.slice(0, 300)}`).toBeGreaterThan(15);
+        const unknown = (seen.get(component) ?? []).filter((f) => !known.has(f));
+        expect(unknown, `${component}: flags its v1.9.3 --help does not list`).toEqual([]);
+      }
+    },
+  );
 
   it("keeps the flags seed 004 calls undocumented, consistent with each other", async () => {
     const { dir } = await renderThreeNode();
@@ -154,7 +198,8 @@ describe("static checks of the rendered provisioners", () => {
     expect(kubelet).toContain("--fail-swap-on=false");
     expect(kubelet).toContain("--node-ip=192.168.56.166");
     const flannel = await readFile(join(dir, "provision", "minion1", "flannel.sh"), "utf8");
-    expect(flannel).toContain("--iface=eth1");
+    // The private NIC, by its address: boxes name it eth1 or enp0s8; never Vagrant's NAT eth0.
+    expect(flannel).toContain("--iface=192.168.56.166");
   });
 
   it("the addon manifests parse as YAML and carry the lab's DNS address, domain and images", async () => {

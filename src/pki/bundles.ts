@@ -18,12 +18,12 @@ export function planNodeBundle(node: PkiNode): string[] {
     ...pair(`kubelet-client-${node.name}`),
     ...pair(`kubelet-server-${node.name}`),
     `kubelet-${node.name}.kubeconfig`,
+    // Every node registers and runs kube-proxy.
+    "kube-proxy.kubeconfig",
+    ...pair("kube-proxy"),
   ];
   if (hasRole(node, "etcd")) {
     files.push(...pair(`etcd-server-${node.name}`), ...pair(`etcd-peer-${node.name}`));
-  }
-  if (hasRole(node, "worker")) {
-    files.push("kube-proxy.kubeconfig", ...pair("kube-proxy"));
   }
   if (hasRole(node, "control-plane")) {
     files.push(

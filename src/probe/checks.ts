@@ -7,6 +7,8 @@ export interface CheckResult {
   ok: boolean;
   /** One line for people: what was seen, e.g. "2 of 3 etcd members healthy (minion2: refused)". */
   detail: string;
+  /** The lab's nodes the goal waits on (another pass there may help; hints name them). */
+  failing?: string[];
 }
 
 const TIMEOUT_MS = 5_000;
@@ -24,11 +26,14 @@ export interface EtcdMember {
   clientURLs: string[];
 }
 
-/** etcd has quorum: a majority of members answer /health, and every planned member is listed. */
+/**
+ * Every etcd member the lab declares answers /health and is listed as a member. Quorum alone (a
+ * majority) is progress, not done: a member that never started would sink the next failure.
+ */
 export async function checkEtcd(
   plan: LabPlan,
   t: Transport,
-): Promise<CheckResult & { members: EtcdMember[] }> {
+): Promise<CheckResult & { members: EtcdMember[]; quorum: boolean }> {
   const seen = await Promise.all(
     plan.etcdMembers.map(async (m) => {
       try {
@@ -60,14 +65,22 @@ export async function checkEtcd(
     }
   }
   const need = Math.floor(plan.etcdMembers.length / 2) + 1;
-  const missing = plan.etcdMembers.filter((m) => !members.some((x) => x.name === m.name));
-  const problems = seen.filter((s) => !s.healthy).map((s) => `${s.name}: ${s.why}`);
-  const ok = healthy.length >= need && missing.length === 0;
+  const quorum = healthy.length >= need;
+  const unhealthy = seen.filter((s) => !s.healthy);
+  const unlisted = plan.etcdMembers.filter(
+    (m) => healthy.length > 0 && !members.some((x) => x.name === m.name),
+  );
+  const failing = [...new Set([...unhealthy.map((s) => s.name), ...unlisted.map((m) => m.name)])];
+  const problems = [
+    ...unhealthy.map((s) => `${s.name}: ${s.why}`),
+    ...unlisted.map((m) => `${m.name}: not a member`),
+  ];
   const detail =
-    `${healthy.length} of ${plan.etcdMembers.length} etcd members healthy (quorum needs ${need})` +
+    `${healthy.length} of ${plan.etcdMembers.length} etcd members healthy` +
+    (failing.length ? ` (${quorum ? "quorum" : `no quorum: it needs ${need}`})` : "") +
     (members.length ? `, ${members.length} listed` : "") +
     (problems.length ? `; ${problems.join(", ")}` : "");
-  return { ok, detail, members };
+  return { ok: failing.length === 0, detail, members, quorum, failing };
 }
 
 /** flannel's network config is in etcd's v2 keyspace and matches the lab. */
@@ -81,7 +94,9 @@ export async function checkFlannelNetwork(plan: LabPlan, t: Transport): Promise<
         "etcd",
         TIMEOUT_MS,
       );
-      if (res.status === 404) return { ok: false, detail: `${key} is not in etcd yet` };
+      if (res.status === 404) {
+        return { ok: false, detail: `${key} is not in etcd yet`, failing: [plan.master.name] };
+      }
       const value = (JSON.parse(res.body) as { node?: { value?: string } }).node?.value ?? "";
       const network = (JSON.parse(value) as { Network?: string }).Network;
       return network === plan.lab.cluster.podNetwork
@@ -94,56 +109,72 @@ export async function checkFlannelNetwork(plan: LabPlan, t: Transport): Promise<
       errors.push(`${m.name}: ${reason(error)}`);
     }
   }
-  return { ok: false, detail: `cannot read ${key} (${errors.join(", ")})` };
+  return {
+    ok: false,
+    detail: `cannot read ${key} (${errors.join(", ")})`,
+    failing: [plan.master.name],
+  };
 }
 
 export async function checkApiServer(plan: LabPlan, t: Transport): Promise<CheckResult> {
   try {
     const res = await t.get(`${plan.apiServerUrl}/healthz`, "admin", TIMEOUT_MS);
-    return res.status === 200 && res.body.trim() === "ok"
-      ? { ok: true, detail: "API server /healthz: ok" }
-      : {
-          ok: false,
-          detail: `API server /healthz: HTTP ${res.status} ${res.body.trim().slice(0, 100)}`,
-        };
+    if (res.status === 200 && res.body.trim() === "ok") {
+      return { ok: true, detail: "API server /healthz: ok" };
+    }
+    // A failing /healthz lists every check, "[+]ping ok" first: what fails is on the [-] lines.
+    const failing = res.body
+      .split("\n")
+      .filter((l) => l.startsWith("[-]"))
+      .map((l) => l.slice(3).replace(/ failed: reason withheld$/, " failed"));
+    const said = failing.length ? failing.join(", ") : res.body.trim().slice(0, 100);
+    return {
+      ok: false,
+      detail: `API server /healthz: HTTP ${res.status} ${said}`,
+      failing: [plan.master.name],
+    };
   } catch (error) {
-    return { ok: false, detail: `API server: ${reason(error)}` };
+    return { ok: false, detail: `API server: ${reason(error)}`, failing: [plan.master.name] };
   }
 }
 
 interface NodeList {
   items?: {
     metadata: { name: string };
-    status?: { conditions?: { type: string; status: string }[] };
+    status?: { conditions?: { type: string; status: string; message?: string }[] };
   }[];
 }
 
+/** Every node of the lab is registered and Ready (nodes that are not the lab's do not count). */
 export async function checkNodesReady(
   plan: LabPlan,
   t: Transport,
 ): Promise<CheckResult & { ready: string[] }> {
-  const expected = plan.nodes.filter((n) => n.registers).map((n) => n.name);
+  const expected = plan.nodes.map((n) => n.name);
   try {
     const res = await t.get(`${plan.apiServerUrl}/api/v1/nodes`, "admin", TIMEOUT_MS);
     if (res.status !== 200)
       return { ok: false, ready: [], detail: `GET /api/v1/nodes: HTTP ${res.status}` };
     const items = (JSON.parse(res.body) as NodeList).items ?? [];
-    const ready = items
-      .filter((n) => n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"))
-      .map((n) => n.metadata.name);
+    const readyOf = (name: string) =>
+      items
+        .find((n) => n.metadata.name === name)
+        ?.status?.conditions?.find((c) => c.type === "Ready");
+    const ready = expected.filter((n) => readyOf(n)?.status === "True");
     const waiting = expected.filter((n) => !ready.includes(n));
-    const registered = items.map((n) => n.metadata.name);
+    const why = (n: string): string => {
+      if (!items.some((i) => i.metadata.name === n)) return `${n} (not registered)`;
+      const message = readyOf(n)?.message?.trim().slice(0, 120);
+      return `${n} (registered, not Ready${message ? `: ${message}` : ""})`;
+    };
     return {
       ok: waiting.length === 0,
       ready,
+      failing: waiting,
       detail:
         waiting.length === 0
           ? `all ${expected.length} nodes Ready`
-          : `${ready.length} of ${expected.length} nodes Ready; waiting for ${waiting
-              .map((n) =>
-                registered.includes(n) ? `${n} (registered, not Ready)` : `${n} (not registered)`,
-              )
-              .join(", ")}`,
+          : `${ready.length} of ${expected.length} nodes Ready; waiting for ${waiting.map(why).join(", ")}`,
     };
   } catch (error) {
     return { ok: false, ready: [], detail: `nodes: ${reason(error)}` };

@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision single-node --phase artifacts)"
   echo "$path"
 }
 
@@ -67,7 +68,8 @@ ensure_service() {
 }
 
 flanneld_bin=$(need_bin flanneld)
-# --iface: the private NIC. Vagrant's eth0 is NAT with the same 10.0.2.15 on every VM.
+# --iface: the private NIC, named by its address (boxes name it eth1 or enp0s8). Vagrant's eth0
+# is NAT with the same 10.0.2.15 on every VM.
 put_file /etc/systemd/system/flanneld.service 0644 <<UNIT
 [Unit]
 Description=flannel overlay network (k8slab)
@@ -83,7 +85,7 @@ ExecStart=${flanneld_bin} \\
   --etcd-cafile=/etc/kubernetes/pki/ca.pem \\
   --etcd-certfile=/etc/kubernetes/pki/etcd-client-flannel.pem \\
   --etcd-keyfile=/etc/kubernetes/pki/etcd-client-flannel-key.pem \\
-  --iface=eth1 \\
+  --iface=192.168.56.160 \\
   --public-ip=192.168.56.160 \\
   --subnet-file=/run/flannel/subnet.env
 Restart=on-failure

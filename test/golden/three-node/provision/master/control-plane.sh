@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 
@@ -67,12 +68,18 @@ ensure_service() {
 }
 
 # The control plane runs as static pods: the kubelet starts whatever lies in the manifests folder.
+# One control-plane node: no leader election (on a busy VM a missed lease renewal would make the
+# controller manager and the scheduler exit, to be restarted by the kubelet).
 # Flags the seed calls undocumented: --service-account-key-file (apiserver) must match
 # --service-account-private-key-file (controller manager), and --storage-backend must match etcd.
 manifests=/etc/kubernetes/manifests
 install -d -m 0755 "$manifests"
+docker_bin=$(need_bin docker)
+image_id=$("$docker_bin" image inspect -f '{{ .Id }}' gcr.io/google_containers/hyperkube:v1.9.3 2>/dev/null || echo "from-registry")
+# static_pod NAME < manifest: written with the image's ID in place of @IMAGE_ID@.
+static_pod() { sed "s|@IMAGE_ID@|${image_id}|" | put_file "$manifests/$1.yaml" 0644; }
 
-put_file "$manifests/kube-apiserver.yaml" 0644 <<'YAML'
+static_pod kube-apiserver <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -81,6 +88,10 @@ metadata:
   labels:
     component: kube-apiserver
     tier: control-plane
+  annotations:
+    # The image's ID when the manifest was written: a rebuilt image changes the manifest, and the
+    # kubelet then restarts the pod with it.
+    k8slab/image-id: "@IMAGE_ID@"
 spec:
   hostNetwork: true
   containers:
@@ -106,6 +117,7 @@ spec:
         - "--tls-private-key-file=/etc/kubernetes/pki/apiserver-key.pem"
         - "--kubelet-client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.pem"
         - "--kubelet-client-key=/etc/kubernetes/pki/apiserver-kubelet-client-key.pem"
+        - "--kubelet-certificate-authority=/etc/kubernetes/pki/ca.pem"
         - "--kubelet-preferred-address-types=InternalIP,Hostname"
         - "--admission-control=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,ResourceQuota"
         - "--authorization-mode=Node,RBAC"
@@ -122,7 +134,7 @@ spec:
         path: /etc/kubernetes/pki
 
 YAML
-put_file "$manifests/kube-controller-manager.yaml" 0644 <<'YAML'
+static_pod kube-controller-manager <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -131,6 +143,10 @@ metadata:
   labels:
     component: kube-controller-manager
     tier: control-plane
+  annotations:
+    # The image's ID when the manifest was written: a rebuilt image changes the manifest, and the
+    # kubelet then restarts the pod with it.
+    k8slab/image-id: "@IMAGE_ID@"
 spec:
   hostNetwork: true
   containers:
@@ -146,7 +162,7 @@ spec:
         - "--service-cluster-ip-range=10.32.0.0/24"
         - "--allocate-node-cidrs=false"
         - "--use-service-account-credentials=true"
-        - "--leader-elect=true"
+        - "--leader-elect=false"
         - "--v=2"
       volumeMounts:
         - name: pki
@@ -158,7 +174,7 @@ spec:
         path: /etc/kubernetes/pki
 
 YAML
-put_file "$manifests/kube-scheduler.yaml" 0644 <<'YAML'
+static_pod kube-scheduler <<'YAML'
 apiVersion: v1
 kind: Pod
 metadata:
@@ -167,6 +183,10 @@ metadata:
   labels:
     component: kube-scheduler
     tier: control-plane
+  annotations:
+    # The image's ID when the manifest was written: a rebuilt image changes the manifest, and the
+    # kubelet then restarts the pod with it.
+    k8slab/image-id: "@IMAGE_ID@"
 spec:
   hostNetwork: true
   containers:
@@ -176,7 +196,7 @@ spec:
         - /hyperkube
         - scheduler
         - "--kubeconfig=/etc/kubernetes/pki/kube-scheduler.kubeconfig"
-        - "--leader-elect=true"
+        - "--leader-elect=false"
         - "--v=2"
       volumeMounts:
         - name: pki

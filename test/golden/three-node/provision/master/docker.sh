@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 
@@ -77,17 +78,22 @@ done
 . "$subnet_env"
 
 dockerd_bin=$(need_bin dockerd)
+dockerd_dir=$(dirname "$dockerd_bin")
 # A whole unit, not a drop-in: static Docker binaries (an artifact) come without one, and a
-# packaged docker.service is overridden by this file.
+# packaged docker.service is overridden by this file. Where the distribution runs containerd as a
+# service, dockerd uses it (one that starts its own gives up after seconds on a slow VM).
 put_file /etc/systemd/system/docker.service 0644 <<UNIT
 [Unit]
 Description=Docker, on flannel's subnet (k8slab)
-After=network-online.target flanneld.service
-Wants=network-online.target
+After=network-online.target flanneld.service containerd.service
+Wants=network-online.target containerd.service
 Requires=flanneld.service
 
 [Service]
 Type=notify
+# dockerd finds docker-containerd, docker-runc and docker-init on its PATH: a static Docker from an
+# artifact keeps them beside it.
+Environment=PATH=${dockerd_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ExecStart=${dockerd_bin} -H unix:///var/run/docker.sock \\
   --bip=${FLANNEL_SUBNET} --mtu=${FLANNEL_MTU} --ip-masq=false --iptables=false
 ExecReload=/bin/kill -s HUP \$MAINPID
@@ -115,32 +121,68 @@ fi
 ensure_service docker.service "$changed"
 
 docker_bin=$(need_bin docker)
-for _ in $(seq 1 30); do
-  "$docker_bin" info >/dev/null 2>&1 && break
+# Up to 5 minutes: a first start (containerd, storage) is slow on a busy or emulated VM.
+for _ in $(seq 1 100); do
+  timeout 10 "$docker_bin" info >/dev/null 2>&1 && break
   sleep 2
 done
-"$docker_bin" info >/dev/null 2>&1 || die "docker does not answer; see: journalctl -u docker"
+timeout 10 "$docker_bin" info >/dev/null 2>&1 || die "docker does not answer; see: journalctl -u docker"
 
 # Images come from the host too: image artifacts are loaded once; the control plane's hyperkube
 # image and the pod infrastructure image are built here from local programs when no registry
 # copy is present, so the cluster needs no registry at all.
 marks=/var/lib/k8slab
 install -d -m 0755 "$marks"
-build_image() { # IMAGE ENTRYPOINT-JSON FILE... : an image holding just these files and their libraries
-  local image=$1 entrypoint=$2 root
+# build_image IMAGE ENTRYPOINT-JSON DEST=SOURCE...: an image holding just these programs (each
+# SOURCE at DEST) and the libraries they link. What went into it (names, sizes and times of the
+# files: put_file rewrites a program only when it changed) is a label, so a changed program or
+# layout builds the image again under the same name, and an unchanged one is kept. Files are hard
+# linked into the image's tree, not copied: hyperkube is 100 MB and a slow VM feels every copy.
+build_image() {
+  local image=$1 entrypoint=$2 inputs current old root pair dest src lib
   shift 2
-  "$docker_bin" image inspect "$image" >/dev/null 2>&1 && return 0
-  root=$(mktemp -d)
-  for f in "$@"; do
-    install -D "$f" "$root$f"
-    for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do install -D "$lib" "$root$lib"; done
+  inputs=$({
+    echo "$entrypoint"
+    for pair in "$@"; do
+      echo "${pair%%=*} $(stat -Lc '%s %Y' "${pair#*=}")"
+    done
+  } | sha256sum | cut -c1-64)
+  current=$("$docker_bin" image inspect -f '{{ index .Config.Labels "k8slab.inputs" }}' "$image" 2>/dev/null || true)
+  [ "$current" != "$inputs" ] || return 0
+  old=$("$docker_bin" image inspect -f '{{ .Id }}' "$image" 2>/dev/null || true)
+  root=$(mktemp -d "$marks/image.XXXXXX")
+  link() { mkdir -p "$root$(dirname "$2")" && { ln -f "$(readlink -f "$1")" "$root$2" 2>/dev/null || cp "$1" "$root$2"; }; }
+  for pair in "$@"; do
+    dest=${pair%%=*} src=${pair#*=}
+    link "$src" "$dest"
+    for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*' || true); do
+      [ -e "$root$lib" ] || link "$lib" "$lib"
+    done
   done
-  tar -C "$root" -c . | "$docker_bin" import --change "ENTRYPOINT $entrypoint" - "$image" >/dev/null
+  tar -C "$root" -c . |
+    "$docker_bin" import --change "ENTRYPOINT $entrypoint" --change "LABEL k8slab.inputs=$inputs" - "$image" >/dev/null
   rm -rf "$root"
+  # The image it replaces goes, unless a container still uses it.
+  [ -z "$old" ] || "$docker_bin" rmi "$old" >/dev/null 2>&1 || true
   log "image $image built from $*"
 }
-build_image gcr.io/google_containers/pause-amd64:3.1 '["/bin/sleep","infinity"]' "$(command -v sleep)"
-if [ -x /opt/k8slab/bin/hyperkube ]; then
-  build_image gcr.io/google_containers/hyperkube:v1.9.3 '["/hyperkube"]' /opt/k8slab/bin/hyperkube
+# What an interrupted build left.
+rm -rf "$marks"/image.*
+
+# The pod infrastructure ("pause") container: an init that reaps orphans and exits on SIGTERM
+# (tini, shipped with Docker as docker-init) in front of a sleep. Without one, sleep alone.
+sleep_bin=$(command -v sleep)
+init_bin=$(command -v /opt/k8slab/bin/docker-init docker-init tini-static tini 2>/dev/null | head -n1 || true)
+if [ -n "$init_bin" ]; then
+  build_image gcr.io/google_containers/pause-amd64:3.1 '["/init","--","/sleep","infinity"]' "/init=$init_bin" "/sleep=$sleep_bin"
+else
+  log "note: no docker-init or tini here; the pause container is a plain sleep"
+  build_image gcr.io/google_containers/pause-amd64:3.1 '["/sleep","infinity"]' "/sleep=$sleep_bin"
+fi
+hyperkube_bin=$(command -v /opt/k8slab/bin/hyperkube hyperkube 2>/dev/null | head -n1 || true)
+if [ -n "$hyperkube_bin" ]; then
+  build_image gcr.io/google_containers/hyperkube:v1.9.3 '["/hyperkube"]' "/hyperkube=$hyperkube_bin"
+else
+  log "note: no hyperkube program here; the kubelet pulls gcr.io/google_containers/hyperkube:v1.9.3 from its registry"
 fi
 log "done"

@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 
@@ -141,7 +142,10 @@ if command -v timedatectl >/dev/null 2>&1 && ! ntp_enabled; then
 fi
 
 # The private NIC must carry the lab address; everything binds to it, never to Vagrant's eth0.
-if ! ip -4 addr show dev eth1 2>/dev/null | grep -q 'inet 192.168.56.166/'; then
-  die '192.168.56.166 is not on eth1; check the private_network in the Vagrantfile'
-fi
+# Boxes name it differently (eth1 on Debian and generic boxes, enp0s8 on ubuntu/xenial64): it is
+# found by its address.
+private_nic=$(ip -o -4 addr show 2>/dev/null | awk -v ip=192.168.56.166 '{ split($4, a, "/"); if (a[1] == ip) { print $2; exit } }')
+[ -n "$private_nic" ] ||
+  die '192.168.56.166 is on no interface of this VM; check the private_network in the Vagrantfile'
+log "private network: ${private_nic} holds 192.168.56.166"
 log "done"

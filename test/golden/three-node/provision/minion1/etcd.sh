@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 
@@ -67,6 +68,8 @@ ensure_service() {
 }
 
 # etcd member minion1 of 3: TLS for clients and peers, on the private address only.
+# Heartbeat and election timeouts are 5x etcd's defaults: a laptop's VMs stall for seconds under
+# load (far more under software emulation), and a lab gains nothing from fast fail-over.
 etcd_bin=$(need_bin etcd)
 
 # etcd 3.4 turned the v2 API off; flannel v0.10 keeps its config in the v2 keyspace.
@@ -103,7 +106,9 @@ ExecStart=${etcd_bin} \\
   --peer-cert-file=/etc/kubernetes/pki/etcd-peer-minion1.pem \\
   --peer-key-file=/etc/kubernetes/pki/etcd-peer-minion1-key.pem \\
   --peer-trusted-ca-file=/etc/kubernetes/pki/ca.pem \\
-  --peer-client-cert-auth ${enable_v2}
+  --peer-client-cert-auth \\
+  --heartbeat-interval=500 \\
+  --election-timeout=5000 ${enable_v2}
 Restart=on-failure
 RestartSec=5
 LimitNOFILE=65536

@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 
@@ -96,19 +97,58 @@ fetch() {
   echo "$sha" >"$dest.sha256"
 }
 
+# unpack NAME MEMBER PROGRAM [MEMBER PROGRAM ...]: install archive members as programs, in one
+# pass over the archive (a 400 MB Kubernetes archive takes minutes to decompress in a slow VM),
+# and only when the archive or the member list changed since the last install.
+unpack() {
+  local name=$1 archive="$cache/$1" stamp="$cache/$1.installed" want tmp i missing=no
+  shift
+  want="$(cat "$archive.sha256") $*"
+  for ((i = 2; i <= $#; i += 2)); do [ -x "$bin/${!i}" ] || missing=yes; done
+  if [ "$missing" = no ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  tmp=$(mktemp -d "$cache/unpack.XXXXXX")
+  local members=()
+  for ((i = 1; i <= $#; i += 2)); do members+=("${!i}"); done
+  tar -xf "$archive" -C "$tmp" "${members[@]}" || die "cannot unpack ${members[*]} from $name"
+  while [ $# -gt 0 ]; do
+    put_file "$bin/$2" 0755 <"$tmp/$1"
+    shift 2
+  done
+  rm -rf "$tmp"
+  echo "$want" >"$stamp"
+}
+# What an interrupted run left.
+rm -rf "$cache"/unpack.*
+
 # kubernetes-server (archive)
 fetch kubernetes-server 09ab78a1b091ce8affb39d5218ba780eb36bc8026d557ed6d5efcd5a51b7927a
-tar -xzOf /var/cache/k8slab/kubernetes-server kubernetes/server/bin/hyperkube | put_file /opt/k8slab/bin/hyperkube 0755
-tar -xzOf /var/cache/k8slab/kubernetes-server kubernetes/server/bin/kubelet | put_file /opt/k8slab/bin/kubelet 0755
-tar -xzOf /var/cache/k8slab/kubernetes-server kubernetes/server/bin/kube-proxy | put_file /opt/k8slab/bin/kube-proxy 0755
-tar -xzOf /var/cache/k8slab/kubernetes-server kubernetes/server/bin/kubectl | put_file /opt/k8slab/bin/kubectl 0755
+unpack kubernetes-server \
+  kubernetes/server/bin/hyperkube hyperkube \
+  kubernetes/server/bin/kubelet kubelet \
+  kubernetes/server/bin/kube-proxy kube-proxy \
+  kubernetes/server/bin/kubectl kubectl
 
 # etcd (archive)
 fetch etcd ''
-tar -xzOf /var/cache/k8slab/etcd etcd-v3.1.10-linux-amd64/etcd | put_file /opt/k8slab/bin/etcd 0755
-tar -xzOf /var/cache/k8slab/etcd etcd-v3.1.10-linux-amd64/etcdctl | put_file /opt/k8slab/bin/etcdctl 0755
+unpack etcd \
+  etcd-v3.1.10-linux-amd64/etcd etcd \
+  etcd-v3.1.10-linux-amd64/etcdctl etcdctl
 
 # flannel (archive)
 fetch flannel ''
-tar -xzOf /var/cache/k8slab/flannel flanneld | put_file /opt/k8slab/bin/flanneld 0755
+unpack flannel \
+  flanneld flanneld
+
+# docker (archive)
+fetch docker ''
+unpack docker \
+  docker/docker docker \
+  docker/dockerd dockerd \
+  docker/docker-containerd docker-containerd \
+  docker/docker-containerd-shim docker-containerd-shim \
+  docker/docker-containerd-ctr docker-containerd-ctr \
+  docker/docker-runc docker-runc \
+  docker/docker-init docker-init \
+  docker/docker-proxy docker-proxy
+
 log "done"

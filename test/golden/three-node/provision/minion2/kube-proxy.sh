@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 

@@ -23,7 +23,8 @@ CHANGED=no
 put_file() {
   local path=$1 mode=$2 tmp
   mkdir -p "$(dirname "$path")"
-  tmp=$(mktemp "${path}.k8slab.XXXXXX")
+  # A hidden name: the kubelet reads every other file in its manifests folder as a pod.
+  tmp=$(mktemp "$(dirname "$path")/.$(basename "$path").k8slab.XXXXXX")
   cat >"$tmp"
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path" && [ "$(stat -c %a "$path")" = "${mode#0}" ]; then
@@ -42,7 +43,7 @@ need_bin() {
   local path
   path=$(command -v "/opt/k8slab/bin/$1" "$1" 2>/dev/null | head -n1 || true)
   [ -n "$path" ] ||
-    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision <lab> --phase artifacts)"
+    die "$1 is not installed: neither the box has it nor did an artifact of the lab install it (artifacts: in the lab file; then k8slab provision three-node --phase artifacts)"
   echo "$path"
 }
 
@@ -67,6 +68,8 @@ ensure_service() {
 }
 
 # The kubelet runs the static pods in /etc/kubernetes/manifests and registers this node.
+# Role labels make `kubectl get nodes` show ROLES. Its API (logs, exec) answers only clients with a
+# certificate of the lab's CA that the API server authorises (Webhook); no read-only port.
 kubelet_bin=$(need_bin kubelet)
 install -d -m 0755 /etc/kubernetes/manifests
 
@@ -79,7 +82,6 @@ Requires=docker.service
 [Service]
 ExecStart=${kubelet_bin} \\
   --kubeconfig=/etc/kubernetes/pki/kubelet-minion2.kubeconfig \\
-  --require-kubeconfig \\
   --pod-manifest-path=/etc/kubernetes/manifests \\
   --register-node=true \\
   --node-ip=192.168.56.167 \\
@@ -89,10 +91,13 @@ ExecStart=${kubelet_bin} \\
   --allow-privileged=true \\
   --fail-swap-on=false \\
   --anonymous-auth=false \\
+  --authorization-mode=Webhook \\
+  --read-only-port=0 \\
   --client-ca-file=/etc/kubernetes/pki/ca.pem \\
   --tls-cert-file=/etc/kubernetes/pki/kubelet-server-minion2.pem \\
   --tls-private-key-file=/etc/kubernetes/pki/kubelet-server-minion2-key.pem \\
   --pod-infra-container-image=gcr.io/google_containers/pause-amd64:3.1 \\
+  --node-labels=node-role.kubernetes.io/worker= \\
   --v=2
 Restart=always
 RestartSec=5
