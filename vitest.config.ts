@@ -4,8 +4,10 @@ export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
     setupFiles: ["test/setup.ts"],
-    testTimeout: 60_000,
-    hookTimeout: 120_000,
+    // Sized for a loaded 2-core machine (CI may share it): many tests start processes, nodes,
+    // etcd clusters. A test fails for a defect, never because the machine was busy.
+    testTimeout: 300_000,
+    hookTimeout: 600_000,
     pool: "forks",
   },
 });

@@ -30,13 +30,16 @@ export class CommandFailedError extends K8slabError {
   readonly exitCode: number;
   readonly signal: string | undefined;
   readonly outputTail: string;
+  /** It was killed because it ran past its time limit. */
+  readonly timedOut: boolean;
 
   constructor(opts: {
     command: string;
     exitCode?: number | undefined;
     signal?: string | undefined;
     outputTail: string;
-    hint?: string;
+    hint?: string | undefined;
+    timedOut?: boolean | undefined;
     cause?: unknown;
   }) {
     const how =
@@ -53,6 +56,7 @@ export class CommandFailedError extends K8slabError {
     this.exitCode = opts.exitCode ?? 1;
     this.signal = opts.signal;
     this.outputTail = tail;
+    this.timedOut = opts.timedOut ?? false;
   }
 }
 

@@ -101,12 +101,57 @@ describe.skipIf(!available.ok)(
         timeout: 480_000,
       });
 
-    it("reaches etcd quorum and the flannel network, verified over the lab's TLS", async () => {
+    const provisions = (log: string) => log.split("\n").filter((l) => l.startsWith("provision "));
+
+    it("quorum is not done: a member whose etcd phase fails is named, and the stage fails", async () => {
       const t0 = Date.now();
-      const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"]);
+      // 10 min x 0.3 = 3 min for the etcd stage; minion2's etcd phase fails every time.
+      const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "etcd"], {
+        FAKE_VAGRANT_FAIL: "minion2:etcd",
+        K8SLAB_DEADLINE_SCALE: "0.3",
+      });
+      console.log(`create --until etcd with a failing member: ${Date.now() - t0} ms`);
+      expect(run.exitCode, run.all).toBe(1);
+      expect(run.stderr).toMatch(/error: stage etcd did not converge/);
+      expect(run.stderr).toMatch(
+        /last seen: +2 of 3 etcd members healthy \(quorum\).*minion2: connection refused/,
+      );
+      expect(run.stderr).toMatch(/waiting on: minion2\n/);
+      expect(run.stderr).toMatch(
+        /provisioning failures: minion2 pass 1: phase etcd on minion2: failing on purpose/,
+      );
+      expect(run.stderr).toMatch(/next, look at: vagrant ssh minion2 -c 'sudo journalctl -u etcd/);
+      const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
+        stages: Record<string, unknown>;
+        phases: Record<string, Record<string, unknown>>;
+      };
+      expect(state.stages).toEqual({});
+      expect(Object.keys(state.phases["master"]!)).toEqual(["base", "pki", "artifacts", "etcd"]);
+      expect(Object.keys(state.phases["minion2"]!)).toEqual(["base", "pki", "artifacts"]);
+      // Every node was provisioned in the first pass; later passes ran etcd on minion2 only.
+      const calls1 = provisions(await readFile(calls, "utf8"));
+      expect(calls1.slice(0, 3).sort()).toEqual(
+        ["master", "minion1", "minion2"].map(
+          (n) =>
+            `provision ${n} --provision-with base,pki-upload,pki,artifacts,etcd --machine-readable`,
+        ),
+      );
+      expect(new Set(calls1.slice(3))).toEqual(
+        new Set(["provision minion2 --provision-with etcd --machine-readable"]),
+      );
+    });
+
+    it("a second create runs only what did not succeed, heals a refused SSH connection, and reaches the flannel network", async () => {
+      const before = (await readFile(calls, "utf8")).length;
+      const t0 = Date.now();
+      const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"], {
+        FAKE_VAGRANT_REFUSE_ONCE: "minion2",
+      });
       console.log(`create --until network: ${Date.now() - t0} ms`);
       expect(run.exitCode, run.all).toBe(0);
-      expect(run.all).toMatch(/stage etcd \(etcd has quorum\): done .*3 of 3 etcd members healthy/);
+      expect(run.all).toMatch(
+        /stage etcd \(every etcd member is healthy\): done .*3 of 3 etcd members healthy, 3 listed/,
+      );
       expect(run.all).toMatch(
         /stage network .*: done .*coreos\.com\/network\/config holds .*10\.1\.0\.0\/16/,
       );
@@ -118,18 +163,20 @@ describe.skipIf(!available.ok)(
       expect(log).toMatch(
         /^up --no-provision --provider libvirt master minion1 minion2 --machine-readable$/m,
       );
-      expect(log).toMatch(
-        /^provision master --provision-with base,pki-upload,pki,artifacts,etcd --machine-readable$/m,
-      );
-      expect(log).toMatch(/^provision master --provision-with flannel-config --machine-readable$/m);
-      expect(log).not.toMatch(/^provision minion\d --provision-with .*flannel-config/m);
+      // Exactly what had not succeeded: etcd on minion2 (refused once, then run again).
+      expect(provisions(log.slice(before))).toEqual([
+        "provision minion2 --provision-with etcd --machine-readable",
+        "provision minion2 --provision-with etcd --machine-readable",
+        "provision master --provision-with flannel-config --machine-readable",
+      ]);
+      expect(run.all).toMatch(/pass 2, provisioning minion2: etcd/);
       expect(await readdir(join(work, "lab", "logs"))).not.toHaveLength(0);
       // Every VM fetched the artifact from the host's server and installed it.
       for (const node of cluster.nodes) {
         const out = await node.exec("/opt/k8slab/bin/hello");
         expect(out.stdout.trim(), node.name).toBe("hello from the host");
       }
-      expect(run.all).toMatch(/artifacts: done served at http:\/\/192\.168\.56\.1:\d+/);
+      expect(run.all).toMatch(/artifacts: done served to the VMs at http:\/\/192\.168\.56\.1:\d+/);
     });
 
     it("a second create continues where it stopped: nothing is provisioned again", async () => {
@@ -213,27 +260,43 @@ describe.skipIf(!available.ok)(
     });
 
     it("a stage that misses its deadline says which, what it waited for, what it saw, and collects journals", async () => {
-      // 20 min x 0.004 = about 5 s for the control plane, which cannot start here (no flanneld).
+      // 20 min x 0.01 = 12 s for the control plane, which cannot start here (no flanneld), while
+      // master's provisioning hangs: the pass ends at the deadline too, not an hour later.
       const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"], {
-        K8SLAB_DEADLINE_SCALE: "0.004",
+        K8SLAB_DEADLINE_SCALE: "0.01",
+        FAKE_VAGRANT_HANG: "master:flannel",
       });
       expect(run.exitCode, run.all).toBe(1);
       expect(run.stderr).toMatch(/error: stage control-plane did not converge/);
       expect(run.stderr).toMatch(/waited for: the API server answers \/healthz/);
       expect(run.stderr).toMatch(/last seen: +API server: connection refused/);
       expect(run.stderr).toMatch(/provisioning failures: .*flanneld is not installed/);
+      expect(run.stderr).toMatch(/master pass 1: stopped at the stage's deadline/);
       expect(run.stderr).toMatch(/hint: logs and journals are in .*lab\/logs/);
       const logs = await readdir(join(work, "lab", "logs"));
-      expect(logs).toContain("journal-control-plane-master-kubelet.log");
+      // The journals of the stage's units, from the nodes it waited on (all: flannel failed there).
+      expect(logs).toEqual(
+        expect.arrayContaining([
+          "journal-control-plane-master.log",
+          "journal-control-plane-minion1.log",
+          "journal-control-plane-minion2.log",
+        ]),
+      );
+      const journal = await readFile(
+        join(work, "lab", "logs", "journal-control-plane-master.log"),
+        "utf8",
+      );
+      expect(journal).toMatch(/=== journalctl -u kubelet/);
+      expect(run.stderr).toMatch(/waiting on: master, minion1, minion2/);
+      expect(run.stderr).toMatch(/next, look at: vagrant ssh master /);
       const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
         stages: Record<string, unknown>;
       };
       expect(Object.keys(state.stages)).toEqual(["etcd", "network"]);
     });
 
-    it("with an API server standing in for hyperkube, create converges through every stage", async () => {
-      // hyperkube cannot run here: a stand-in serves the API with the lab's certificates inside
-      // master's network namespace, at the lab's address. Everything else is as before.
+    /** A stand-in for the API server (hyperkube cannot run here), inside master's namespace. */
+    async function withStandInApiServer(fn: () => Promise<void>): Promise<void> {
       const master = cluster.nodes.find((n) => n.name === "master")!;
       const apiserver = execa(
         "nsenter",
@@ -243,7 +306,7 @@ describe.skipIf(!available.ok)(
           join(packageRoot(), "test", "fixtures", "fake-apiserver.mjs"),
           join(work, "lab", "pki"),
           master.ip,
-          "minion1,minion2",
+          "master,minion1,minion2",
         ],
         { reject: false, timeout: 300_000, buffer: false },
       );
@@ -260,7 +323,39 @@ describe.skipIf(!available.ok)(
             }
           });
         });
-        const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--json"]);
+        await fn();
+      } finally {
+        apiserver.kill("SIGTERM");
+        await apiserver;
+      }
+    }
+
+    it("an answering API server is not enough: the stage waits until every node's phases succeed", async () => {
+      await withStandInApiServer(async () => {
+        // 20 min x 0.01 = 12 s: /healthz is ok from the start, flanneld cannot be installed.
+        const run = await k8slab(
+          ["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"],
+          { K8SLAB_DEADLINE_SCALE: "0.01" },
+        );
+        expect(run.exitCode, run.all).toBe(1);
+        expect(run.stderr).toMatch(
+          /last seen: +API server \/healthz: ok, but phases have not succeeded on master: flannel, docker, kubelet, control-plane, kube-proxy; minion1: flannel, docker, kubelet, kube-proxy; minion2: /,
+        );
+        const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
+          stages: Record<string, unknown>;
+        };
+        expect(Object.keys(state.stages)).toEqual(["etcd", "network"]);
+      });
+    });
+
+    it("with an API server standing in for hyperkube, create converges through every stage", async () => {
+      // Docker, the kubelet and the control plane cannot run in these nodes: their phases are
+      // stubbed in the fake vagrant (logged), everything else is as before.
+      const stubs = {
+        FAKE_VAGRANT_STUB_PHASES: "flannel,docker,kubelet,control-plane,kube-proxy,addons",
+      };
+      await withStandInApiServer(async () => {
+        const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--json"], stubs);
         expect(run.exitCode, run.all).toBe(0);
         const result = JSON.parse(run.stdout) as {
           complete: boolean;
@@ -274,16 +369,16 @@ describe.skipIf(!available.ok)(
           "nodes:done",
           "addons:done",
         ]);
-        expect(run.stderr).toMatch(/stage nodes .*: done .*all 2 nodes Ready/);
+        expect(run.stderr).toMatch(/stage nodes .*: done .*all 3 nodes Ready/);
         expect(run.stderr).toMatch(/stage addons .*: done .*addons running: kube-dns, dashboard/);
-        const before = (await readFile(calls, "utf8")).length;
-        const again = await k8slab(["create", "lab.yaml", "--dir", "lab"]);
+        const log = await readFile(calls, "utf8");
+        expect(log).toMatch(/^stub minion2 kube-proxy$/m);
+        expect(log).toMatch(/^stub master addons$/m);
+        const before = log.length;
+        const again = await k8slab(["create", "lab.yaml", "--dir", "lab"], stubs);
         expect(again.exitCode, again.all).toBe(0);
         expect((await readFile(calls, "utf8")).slice(before)).not.toMatch(/^(up|provision)/m);
-      } finally {
-        apiserver.kill("SIGTERM");
-        await apiserver;
-      }
+      });
     });
 
     it("destroy --force removes the VMs and keeps the PKI", async () => {

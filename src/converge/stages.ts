@@ -10,23 +10,26 @@ import {
 import type { Transport } from "../probe/transport.js";
 
 /**
- * The stages of `create`, in order. Each runs some provisioning phases on some nodes, then waits
- * until its check passes, with its own deadline; a stage that does not converge gets another
- * provisioning pass (seed 004's manual `vagrant provision` runs), up to `maxPasses`.
+ * The stages of `create`, in order. Each runs its provisioning phases on every node that has them
+ * (nodes in parallel), then waits until its check passes, all within its own deadline. A stage is
+ * done when every one of its phases succeeded on every such node and its check holds; until then
+ * it gets another pass (seed 004's manual `vagrant provision` runs), up to `maxPasses`: phases
+ * that failed run again where they failed, and `retryPhases` run again on the nodes the check
+ * names.
  */
 export interface Stage {
   name: StageName;
   /** What the stage waits for, in words, for progress and errors. */
   goal: string;
   phases: readonly Phase[];
-  /** Phases run again on later passes (default: the same phases). */
+  /** Phases run again on the nodes a failing check names, on later passes (default: `phases`). */
   retryPhases?: readonly Phase[];
   check: (plan: LabPlan, t: Transport) => Promise<CheckResult>;
   deadlineMs: number;
   maxPasses: number;
   /** systemd units whose journal helps when the stage fails. */
   units: readonly string[];
-  /** The next thing to look at when it fails. */
+  /** The next thing to look at when it fails; `<node>` is the node to look at. */
   diagnostic: string;
 }
 
@@ -38,8 +41,9 @@ const MIN = 60_000;
 export const STAGES: readonly Stage[] = [
   {
     name: "etcd",
-    goal: "etcd has quorum",
+    goal: "every etcd member is healthy",
     phases: ["base", "pki", "artifacts", "etcd"],
+    retryPhases: ["etcd"],
     check: checkEtcd,
     deadlineMs: 10 * MIN,
     maxPasses: 3,
@@ -54,7 +58,7 @@ export const STAGES: readonly Stage[] = [
     deadlineMs: 5 * MIN,
     maxPasses: 3,
     units: ["etcd"],
-    diagnostic: "vagrant provision <master> --provision-with flannel-config",
+    diagnostic: "vagrant provision <node> --provision-with flannel-config",
   },
   {
     name: "control-plane",
@@ -65,18 +69,19 @@ export const STAGES: readonly Stage[] = [
     maxPasses: 3,
     units: ["flanneld", "docker", "kubelet"],
     diagnostic:
-      "vagrant ssh <master> -c 'sudo docker ps -a; sudo journalctl -u kubelet --no-pager | tail -50'",
+      "vagrant ssh <node> -c 'sudo docker ps -a; sudo journalctl -u kubelet --no-pager | tail -50'",
   },
   {
     name: "nodes",
     goal: "every node is Ready",
     phases: [],
-    retryPhases: ["kubelet", "kube-proxy"],
+    retryPhases: ["flannel", "docker", "kubelet", "kube-proxy"],
     check: checkNodesReady,
     deadlineMs: 10 * MIN,
     maxPasses: 3,
     units: ["kubelet", "kube-proxy", "flanneld", "docker"],
-    diagnostic: "kubectl describe nodes (k8slab kubeconfig prints the KUBECONFIG line)",
+    diagnostic:
+      "kubectl describe node <node> (k8slab kubeconfig prints the KUBECONFIG line); vagrant ssh <node> -c 'sudo journalctl -u kubelet --no-pager | tail -50'",
   },
   {
     name: "addons",

@@ -1,12 +1,23 @@
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { cacheDir, pullArtifacts, serveArtifacts } from "../artifacts/index.js";
+import {
+  cacheDir,
+  pullArtifacts,
+  serveArtifacts,
+  type PulledArtifact,
+} from "../artifacts/index.js";
 import { readState, statePath } from "../converge/state.js";
 import { provisionersFor } from "../converge/stages.js";
 import { K8slabError } from "../errors.js";
 import { checkPkiExpiry, type ExpiryWarning } from "../pki/index.js";
 import { PHASES, type LabPlan, type Phase } from "../plan/plan.js";
-import { checkAddons, checkEtcd, checkNodesReady, type CheckResult } from "../probe/checks.js";
+import {
+  checkAddons,
+  checkApiServer,
+  checkEtcd,
+  checkNodesReady,
+  type CheckResult,
+} from "../probe/checks.js";
 import {
   HttpsTransport,
   SshTransport,
@@ -38,17 +49,25 @@ export function labVagrant(open: OpenLab, options: LabRunOptions): Vagrant {
   });
 }
 
-/** Run `fn` with the lab's artifacts served to its VMs (when it lists any); env for provisioners. */
-export async function withArtifacts<T>(
+/** Download (once per host) and verify every artifact of the lab. */
+export async function pullLabArtifacts(
   plan: LabPlan,
   options: LabRunOptions,
-  fn: (env: Record<string, string>) => Promise<T>,
-): Promise<T> {
-  if (Object.keys(plan.lab.artifacts).length === 0) return fn({});
-  const pulled = await pullArtifacts(plan.lab, {
+): Promise<PulledArtifact[]> {
+  if (Object.keys(plan.lab.artifacts).length === 0) return [];
+  return pullArtifacts(plan.lab, {
     cache: cacheDir(options.env),
     ...(options.signal ? { signal: options.signal } : {}),
   });
+}
+
+/** Run `fn` with these artifacts served to the lab's VMs (when there are any); env for provisioners. */
+export async function serveLabArtifacts<T>(
+  plan: LabPlan,
+  pulled: readonly PulledArtifact[],
+  fn: (env: Record<string, string>) => Promise<T>,
+): Promise<T> {
+  if (pulled.length === 0) return fn({});
   const server = await serveArtifacts(pulled, {
     advertise: nthAddress(parseCidr(plan.lab.network.hostOnly), 1),
     allow: [plan.lab.network.hostOnly],
@@ -58,6 +77,15 @@ export async function withArtifacts<T>(
   } finally {
     await server.close();
   }
+}
+
+/** Run `fn` with the lab's artifacts pulled and served to its VMs; env for provisioners. */
+export async function withArtifacts<T>(
+  plan: LabPlan,
+  options: LabRunOptions,
+  fn: (env: Record<string, string>) => Promise<T>,
+): Promise<T> {
+  return serveLabArtifacts(plan, await pullLabArtifacts(plan, options), fn);
 }
 
 /** HTTPS from the host when it is on the lab's network; else curl on the master over SSH. */
@@ -103,32 +131,59 @@ export interface LabStatus {
   machines: MachineStatus[];
   stages: Record<string, { verifiedAt: string; detail: string }>;
   etcd?: CheckResult & { members: { name: string; peerURLs: string[] }[] };
+  apiServer?: CheckResult;
   nodes?: CheckResult & { ready: string[] };
   addons?: CheckResult;
   certificates: ExpiryWarning[];
+  /** Every VM runs and what every verified stage promised holds now. */
+  healthy: boolean;
+  /** What is not as it should be, one line each (empty when healthy). */
+  problems: string[];
 }
 
-/** `k8slab status`: VM states, etcd members, nodes, addons and certificate expiry. */
+/**
+ * `k8slab status`: VM states, then each verified stage's check again (etcd members, the API
+ * server, nodes, addons), and certificate expiry. Healthy means all of it holds now.
+ */
 export async function labStatus(open: OpenLab, options: LabRunOptions): Promise<LabStatus> {
   const vagrant = labVagrant(open, options);
   const machines = await vagrant.status();
-  const state = await readState(open.dir, open.lab.name);
+  const { state, problem } = await readState(open.dir, open.lab.name);
   const certificates = await checkPkiExpiry(open.dir);
+  const problems: string[] = problem ? [problem] : [];
+  for (const node of open.plan.nodes) {
+    const vm = machines.find((m) => m.name === node.name)?.state ?? "unknown";
+    if (vm !== "running") problems.push(`${node.name} is ${vm.replace(/_/g, " ")}`);
+  }
   const status: LabStatus = {
     dir: open.dir,
     lab: open.lab.name,
     machines,
     stages: state.stages,
     certificates,
+    healthy: false,
+    problems,
   };
   const masterUp = machines.find((m) => m.name === open.plan.master.name)?.state === "running";
-  if (!masterUp) return status;
-  const transport = chooseTransport(open.plan, join(open.dir, "pki"), vagrant);
-  status.etcd = await checkEtcd(open.plan, transport);
-  if (state.stages["control-plane"]) {
-    status.nodes = await checkNodesReady(open.plan, transport);
-    status.addons = await checkAddons(open.plan, transport);
+  if (masterUp) {
+    const transport = chooseTransport(open.plan, join(open.dir, "pki"), vagrant);
+    const look = async <T extends CheckResult>(what: string, check: Promise<T>): Promise<T> => {
+      const result = await check;
+      if (!result.ok) problems.push(`${what}: ${result.detail}`);
+      return result;
+    };
+    status.etcd = await look("etcd", checkEtcd(open.plan, transport));
+    if (state.stages["control-plane"]) {
+      status.apiServer = await look("API server", checkApiServer(open.plan, transport));
+    }
+    if (state.stages["nodes"]) {
+      status.nodes = await look("nodes", checkNodesReady(open.plan, transport));
+    }
+    if (state.stages["addons"]) {
+      status.addons = await look("addons", checkAddons(open.plan, transport));
+    }
   }
+  status.healthy = problems.length === 0;
   return status;
 }
 

@@ -1,5 +1,5 @@
 import { resolve } from "node:path";
-import { loadLab } from "../lab/load.js";
+import { loadLab, type LoadedLab } from "../lab/load.js";
 import type { Problem } from "../lab/problems.js";
 import type { Lab } from "../lab/schema.js";
 import { ensurePki, type PkiResult } from "../pki/index.js";
@@ -14,6 +14,8 @@ export interface RenderOptions {
   /** Lab directory; default ./<lab name>. */
   dir?: string | undefined;
   now?: Date;
+  /** The lab, when the caller loaded it already. */
+  loaded?: LoadedLab;
 }
 
 export interface RenderResult {
@@ -35,7 +37,8 @@ export function defaultLabDir(cwd: string, lab: Pick<Lab, "name">, dir?: string)
  * An invalid lab throws before anything is written.
  */
 export async function renderLabDir(options: RenderOptions): Promise<RenderResult> {
-  const { lab, file, warnings } = await loadLab(options.lab, { cwd: options.cwd });
+  const { lab, file, warnings } =
+    options.loaded ?? (await loadLab(options.lab, { cwd: options.cwd }));
   const plan = planLab(lab);
   const dir = defaultLabDir(options.cwd, lab, options.dir);
   await checkLabDir(dir, lab.name);

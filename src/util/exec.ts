@@ -82,6 +82,7 @@ export const runCommand: Runner = async (file, args, options = {}) => {
       signal: result.signal,
       outputTail: tail(String(result.all ?? `${stdout}\n${stderr}`)),
       hint: result.timedOut ? `it did not finish within ${options.timeoutMs} ms` : undefined,
+      timedOut: result.timedOut,
       cause: result,
     });
   }

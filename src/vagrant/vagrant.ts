@@ -24,6 +24,8 @@ export class VagrantError extends CommandFailedError {
   /** A provisioner script exited non-zero (the VM is fine; the phase is not done yet). */
   readonly provisioningFailure: boolean;
   readonly logFile: string;
+  /** For `vagrant provision`: the provisioners that finished before it failed, in order. */
+  completed: readonly string[] = [];
 
   constructor(opts: {
     command: string;
@@ -32,6 +34,7 @@ export class VagrantError extends CommandFailedError {
     output: string;
     kind: string;
     logFile: string;
+    timedOut?: boolean | undefined;
   }) {
     super({
       command: opts.command,
@@ -39,6 +42,7 @@ export class VagrantError extends CommandFailedError {
       signal: opts.signal,
       outputTail: tail(opts.output),
       hint: `the full output is in ${opts.logFile}`,
+      timedOut: opts.timedOut,
     });
     this.name = "VagrantError";
     this.kind = opts.kind;
@@ -92,7 +96,14 @@ export class Vagrant {
 
   private async run(
     args: string[],
-    opts: { timeoutMs?: number; label: string; env?: Record<string, string>; raw?: boolean },
+    opts: {
+      timeoutMs?: number | undefined;
+      label: string;
+      env?: Record<string, string>;
+      raw?: boolean;
+      /** Sees every line of human text as it comes. */
+      observe?: (text: string) => void;
+    },
   ) {
     const { cwd, logDir } = this.options;
     await mkdir(logDir, { recursive: true });
@@ -109,7 +120,10 @@ export class Vagrant {
     const onLine = (line: string) => {
       log.write(`${line}\n`);
       const text = opts.raw ? line : uiText(parseMachineReadable(line));
-      if (text) this.options.onLine?.(text);
+      if (text) {
+        opts.observe?.(text);
+        this.options.onLine?.(text);
+      }
     };
     try {
       const result = await runner("vagrant", fullArgs, {
@@ -137,6 +151,7 @@ export class Vagrant {
           output: uiText(lines) || exit?.message || error.outputTail,
           kind: exit?.kind ?? "",
           logFile,
+          timedOut: error.timedOut,
         });
       }
       throw error;
@@ -161,16 +176,32 @@ export class Vagrant {
     await this.run(args, { label: "up" });
   }
 
+  /**
+   * Run some provisioners on a machine, in the order the Vagrantfile defines them. A failure is a
+   * VagrantError whose `completed` lists the provisioners that finished before the failing one.
+   */
   async provision(
     machine: string,
     provisioners: string[],
     env: Record<string, string> = {},
+    timeoutMs?: number,
   ): Promise<void> {
     if (provisioners.length === 0) return;
-    await this.run(["provision", machine, "--provision-with", provisioners.join(",")], {
-      label: `provision-${machine}`,
-      env,
-    });
+    const started: string[] = [];
+    try {
+      await this.run(["provision", machine, "--provision-with", provisioners.join(",")], {
+        label: `provision-${machine}`,
+        env,
+        timeoutMs,
+        observe: (text) => {
+          const name = /Running provisioner: ([A-Za-z0-9_-]+)/.exec(text)?.[1];
+          if (name && provisioners.includes(name)) started.push(name);
+        },
+      });
+    } catch (error) {
+      if (error instanceof VagrantError) error.completed = started.slice(0, -1);
+      throw error;
+    }
   }
 
   /** Run a command on a machine; its standard output (`vagrant ssh -c` has no machine-readable form). */
