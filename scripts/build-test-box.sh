@@ -45,8 +45,16 @@ packages=(
   linux-image-amd64 initramfs-tools systemd systemd-sysv udev dbus kmod
   openssh-server sudo iproute2 curl ca-certificates rsync procps netbase
   etcd-server etcd-client
+  # What a Kubernetes v1.9 node needs from its OS: a Docker engine (apparmor is only recommended
+  # by docker.io, so debootstrap leaves it out, and without it no container starts on a kernel with
+  # AppArmor on), and the tools kubelet and kube-proxy call.
+  docker.io apparmor iptables conntrack socat ebtables ethtool
+  # For the e2e test's pods: an image built in the VM from local programs.
+  busybox-static
 )
+# kubelet v1.9 knows only cgroup v1: boot Debian 12's systemd on the legacy hierarchy.
 kernel_args="ro net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200n8"
+kernel_args+=" systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1"
 
 orig_args=("$@")
 mirror="${K8SLAB_TEST_MIRROR:-}"
@@ -263,8 +271,14 @@ systemctl --root="$root" enable systemd-networkd.service >&2
 # make a first-boot `preset-all` leave it disabled too.
 systemctl --root="$root" disable etcd.service >&2 || true
 rm -f "$root"/etc/rc?.d/S??etcd
+# Docker likewise: installed, not started. The lab's docker phase writes its own docker.service
+# (on flannel's subnet) and starts it. containerd runs from boot, as Debian sets it up: a dockerd
+# that has to start its own containerd gives up after a few seconds, too soon on a slow VM.
+systemctl --root="$root" disable docker.service docker.socket >&2 || true
+rm -f "$root"/etc/rc?.d/S??docker
 mkdir -p "$root/etc/systemd/system-preset"
-echo "disable etcd.service" >"$root/etc/systemd/system-preset/10-k8slab-test-box.preset"
+printf 'disable %s\n' etcd.service docker.service docker.socket \
+  >"$root/etc/systemd/system-preset/10-k8slab-test-box.preset"
 
 # Every VM gets its own SSH host keys and machine id on first boot. No RSA host key: generating
 # one takes long under software emulation, and ed25519/ecdsa are fine for every client here.

@@ -77,6 +77,8 @@ export interface LibvirtEnv {
    * (qemu:///system, i.e. the private libvirtd), TMPDIR in stateDir and a PATH with the sbin dirs.
    */
   env: Record<string, string>;
+  /** `nsenter` arguments that enter this environment's namespaces (end with `--`). */
+  enterArgs(cwd?: string): string[];
   /** Run a program inside the namespaces with `env`; never throws for a non-zero exit. */
   exec(cmd: string, args: readonly string[], opts?: LibvirtExecOptions): Promise<LibvirtExecResult>;
   /** Tail of libvirtd's and virtlogd's output and of the domains' qemu logs, for failures. */
@@ -831,5 +833,5 @@ export async function startLibvirtEnv(
     throw new Error(`timed out after ${DAEMON_READY_TIMEOUT_MS} ms waiting for libvirtd: ${last}`);
   }
 
-  return { id, netns, stateDir, env, exec, diagnostics, stop, leftovers };
+  return { id, netns, stateDir, env, enterArgs: nsenterArgs, exec, diagnostics, stop, leftovers };
 }
