@@ -15,8 +15,8 @@ import { imagePinsPath, pullImages, type PullImagesOptions } from "../src/images
 import { OciLayout, type TestImage } from "./helpers/registry-images.js";
 import {
   cuttingProxy,
-  pushFlags,
   registrySupport,
+  skopeoAuth,
   startTestRegistry,
   USERS,
   type TestRegistry,
@@ -44,7 +44,7 @@ async function push(
     ...(options.all ? ["--all"] : []),
     ...(options.format ? [`--format=${options.format}`] : []),
     `--digestfile=${digestFile}`,
-    ...pushFlags(registry),
+    ...skopeoAuth(registry, "dest-"),
     `oci:${layout.dir}:${source}`,
     `docker://${registry.host}/${dest}`,
   ]);

@@ -78,7 +78,7 @@ export function mirroredRepository(repo: Repository, mirrors: Record<string, str
     .map(([key, location]) => [key.replace(/\/+$/, ""), location.replace(/\/+$/, "")] as const)
     .filter(([key]) => name === key || name.startsWith(`${key}/`))
     .sort(([a], [b]) => b.length - a.length)[0];
-  if (match === undefined) return repo;
+  if (match === undefined) return { registry: repo.registry, path: repo.path };
   const [key, location] = match;
   const target = `${location}${name.slice(key.length)}`;
   try {

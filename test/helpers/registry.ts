@@ -441,17 +441,12 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
   }
 }
 
-/** skopeo flags to push to the token registry as pusher, trusting the test CA. */
-export function pushFlags(registry: TestRegistry): string[] {
+/** skopeo flags to use the token registry as pusher, trusting the test CA: `--<prefix>cert-dir`... */
+export function skopeoAuth(registry: TestRegistry, prefix: "src-" | "dest-"): string[] {
   return [
-    `--dest-cert-dir=${join(registry.root, "skopeo-certs")}`,
-    `--dest-creds=pusher:${USERS.pusher}`,
+    `--${prefix}cert-dir=${join(registry.root, "skopeo-certs")}`,
+    `--${prefix}creds=pusher:${USERS.pusher}`,
   ];
-}
-
-/** Flags for skopeo reading from the registry (inspect) as pusher. */
-export function readFlags(registry: TestRegistry): string[] {
-  return [`--cert-dir=${join(registry.root, "skopeo-certs")}`, `--creds=pusher:${USERS.pusher}`];
 }
 
 /**
