@@ -203,12 +203,12 @@ await main();
  * and skopeo; says why it is skipped otherwise.
  */
 async function benchImagePulls(runs: number): Promise<void> {
-  const { registrySupport, startTestRegistry, skopeoAuth } =
-    await import("../test/helpers/registry.js");
+  const { startTestRegistry, skopeoAuth } = await import("../test/helpers/registry.js");
   const { OciLayout } = await import("../test/helpers/registry-images.js");
+  const { netnsSupport } = await import("../test/helpers/netns.js");
   const { pullImages } = await import("../src/images/index.js");
   const { randomBytes } = await import("node:crypto");
-  const support = registrySupport();
+  const support = netnsSupport();
   if (!support.ok) {
     console.log(`image pull benchmark skipped: ${support.reason}`);
     return;

@@ -15,15 +15,15 @@ import { imagePinsPath, pullImages, type PullImagesOptions } from "../src/images
 import { OciLayout, type TestImage } from "./helpers/registry-images.js";
 import {
   cuttingProxy,
-  registrySupport,
   skopeoAuth,
   startTestRegistry,
   USERS,
   type TestRegistry,
 } from "./helpers/registry.js";
+import { netnsSupport } from "./helpers/netns.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
-const support = registrySupport();
+const support = netnsSupport();
 const MB = 1 << 20;
 
 let registry: TestRegistry;

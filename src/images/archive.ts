@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { basename, dirname } from "node:path";
+import { mkdir, rename, rm } from "node:fs/promises";
+import { dirname } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { pack as tarPack } from "tar-stream";
@@ -25,20 +25,6 @@ export interface ArchiveInput {
   layers: readonly Descriptor[];
   /** The file to write; written under another name first and renamed when complete. */
   path: string;
-}
-
-/** A checksum file next to the archive, in `sha256sum` format. */
-export function checksumPath(archive: string): string {
-  return `${archive}.sha256`;
-}
-
-export async function readArchiveChecksum(archive: string): Promise<string | undefined> {
-  try {
-    const text = await readFile(checksumPath(archive), "utf8");
-    return /^[a-f0-9]{64}\b/.exec(text)?.[0];
-  } catch {
-    return undefined;
-  }
 }
 
 /**
@@ -80,10 +66,8 @@ export async function writeDockerArchive(
     await addEntry(pack, "manifest.json", Buffer.from(`${JSON.stringify(manifest)}\n`));
     pack.finalize();
     await written;
-    const sha256 = archiveHash.digest("hex");
-    await writeFile(checksumPath(input.path), `${sha256}  ${basename(input.path)}\n`);
     await rename(tmp, input.path);
-    return { size, sha256 };
+    return { size, sha256: archiveHash.digest("hex") };
   } catch (error) {
     pack.destroy(error as Error);
     await written.catch(() => undefined);

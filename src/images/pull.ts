@@ -20,7 +20,7 @@ import {
   type Descriptor,
   type ImageManifest,
 } from "./manifest.js";
-import { readImagePins, recordImagePin } from "./pins.js";
+import { imagePinsPath, readImagePins, recordImagePin } from "./pins.js";
 import {
   mirroredRepository,
   parseImageRef,
@@ -168,7 +168,7 @@ async function pullOne(ref: ImageRef, context: Context): Promise<PulledImage> {
   }
   const source = mirroredRepository(ref, context.options.mirrors ?? {});
   context.report({ name: ref.input, event: "start" });
-  const top = await manifest(ref, source, known ?? ref.tag, context);
+  const top = await manifest(ref, source, known ?? ref.tag, context, pinned === "recorded");
   const digest = top.digest;
   if (!known) await recordImagePin(cache, ref.repoTag, digest);
   const hit = known ? undefined : await cached(ref, digest, pinned, context);
@@ -235,7 +235,7 @@ async function pullOne(ref: ImageRef, context: Context): Promise<PulledImage> {
     });
 
   await fetch(image.config);
-  checkConfig(ref, image, JSON.parse(await readFile(blobPath(cache, image.config.digest), "utf8")));
+  checkConfig(ref, image, await readFile(blobPath(cache, image.config.digest), "utf8"));
   await pMap(image.layers, fetch, {
     concurrency: context.options.concurrency ?? 3,
     ...(context.options.signal ? { signal: context.options.signal } : {}),
@@ -265,7 +265,13 @@ async function pullOne(ref: ImageRef, context: Context): Promise<PulledImage> {
   return { name: ref.input, ...record, path, downloaded: true, pinned };
 }
 
-function checkConfig(ref: ImageRef, image: ImageManifest, json: unknown): void {
+function checkConfig(ref: ImageRef, image: ImageManifest, text: string): void {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
   const parsed = imageConfig.safeParse(json);
   if (!parsed.success) {
     throw new K8slabError(
@@ -318,6 +324,7 @@ function manifest(
   source: Repository,
   reference: string,
   context: Context,
+  recordedPin = false,
 ): Promise<FetchedManifest> {
   return retrying(ref, context, async () => {
     const response = await context.client.get(source, `manifests/${reference}`, {
@@ -328,10 +335,17 @@ function manifest(
       throw new K8slabError(
         `${ref.input}: ${repositoryName(source)} has no manifest ${reference}`,
         {
-          hint:
-            source.registry === ref.registry
-              ? "check the image name and tag"
-              : `check the image name and tag, and that the mirror for ${ref.registry} has it`,
+          hint: [
+            "check the image name and tag",
+            ...(source.registry === ref.registry
+              ? []
+              : [`that the mirror for ${ref.registry} has the image`]),
+            ...(recordedPin
+              ? [
+                  `or, if the tag has moved and the recorded digest is gone, remove ${ref.repoTag} from ${imagePinsPath(context.options.cache)} to resolve it again`,
+                ]
+              : []),
+          ].join(", "),
         },
       );
     }

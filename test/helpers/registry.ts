@@ -1,8 +1,8 @@
 /**
  * A real Docker registry (Debian's docker-registry, distribution 2.8) for tests, inside a network
- * namespace of its own. The namespace is cabled to the test by one veth pair on a link-local /30
- * that exists only for this test, so the test process (and skopeo) reach the registry directly and
- * nothing else. Two registry processes serve one storage directory:
+ * namespace of its own (test/helpers/netns.ts). One veth pair cables the test's side to that
+ * network on a link-local /30 that exists only for this test, so the test process (and skopeo)
+ * reach the registry directly and nothing else. Two registry processes serve one storage directory:
  *
  * - `host` (port 5000): TLS from a test CA and token authentication. Its token service runs in the
  *   test process on 127.0.0.1 and signs JWTs (ES256, x5c chain) with a key whose certificate the
@@ -12,9 +12,8 @@
  *
  * Everything started here is stopped by `destroy()` (and when the process exits).
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
-import { closeSync, existsSync, openSync } from "node:fs";
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer as createHttpsServer, type Server } from "node:https";
 import { createServer as createTcpServer, connect, type AddressInfo, type Socket } from "node:net";
@@ -33,8 +32,8 @@ import {
   loadCertificateAuthority,
   validityFrom,
 } from "../../src/pki/certs.js";
-import { alive, hostPath, isRoot, signal, tail } from "./host.js";
-import { waitFor } from "./netns.js";
+import { findTool, hostPath, tail } from "./host.js";
+import { createNetnsNetwork, waitFor, type NetnsNetwork } from "./netns.js";
 
 export const USERS = { alice: "alice-secret", pusher: "pusher-secret" } as const;
 const SERVICE = "k8slab-test-registry";
@@ -76,38 +75,21 @@ export interface GuardedDispatcher extends Dispatcher {
   refused: string[];
 }
 
-function which(tool: string): boolean {
-  return hostPath()
-    .split(":")
-    .some((dir) => dir !== "" && existsSync(join(dir, tool)));
-}
-
-/** Synchronous so it can feed `describe.skipIf`: root and network namespaces. */
-export function registrySupport(): { ok: boolean; reason: string } {
-  if (process.platform !== "linux") return { ok: false, reason: "not Linux" };
-  if (!isRoot()) return { ok: false, reason: "not root" };
-  try {
-    execFileSync("ip", ["netns", "list"], { stdio: "ignore", timeout: 5_000 });
-  } catch (error) {
-    return { ok: false, reason: `ip netns is unavailable: ${String(error)}` };
-  }
-  return { ok: true, reason: "" };
-}
-
-function requireTools(): void {
-  const missing = ["docker-registry", "skopeo", "setpriv"].filter((t) => !which(t));
+async function requireTools(): Promise<void> {
+  const tools = ["docker-registry", "skopeo", "setpriv"];
+  const found = await Promise.all(tools.map(findTool));
+  const missing = tools.filter((_, i) => found[i] === undefined);
   if (missing.length > 0) {
     throw new Error(`missing ${missing.join(", ")}: run scripts/install-test-deps.sh`);
   }
 }
 
-function ipSync(args: string[]): string {
-  return execFileSync("ip", args, { encoding: "utf8", timeout: 10_000, stdio: "pipe" });
-}
-
 /** A link-local /30 no interface of the host uses yet; .1 is ours, .2 the namespace's. */
 function freeSubnet(): { local: string; remote: string } {
-  const used = ipSync(["-o", "-4", "addr", "show"]);
+  const used = execFileSync("ip", ["-o", "-4", "addr", "show"], {
+    encoding: "utf8",
+    timeout: 10_000,
+  });
   for (let i = 0; i < 64; i++) {
     const n = (process.pid * 7 + i * 131) % 16_000;
     let third = 1 + Math.floor(n / 64);
@@ -223,50 +205,39 @@ export function guardedDispatcher(caPem: string, allow: readonly string[]): Guar
 }
 
 export async function startTestRegistry(root: string): Promise<TestRegistry> {
-  requireTools();
+  await requireTools();
   await chmod(root, 0o755);
-  const ns = `k8slab-reg-${process.pid}`;
   const veth = `k8sreg${process.pid % 1_000_000}`;
   const { local, remote } = freeSubnet();
-  const started: ChildProcess[] = [];
+  let net: NetnsNetwork | undefined;
   let token: Server | undefined;
-  let destroyed = false;
-
-  const teardownSync = (): void => {
-    for (const child of started) if (child.pid !== undefined) signal(child.pid, "SIGKILL");
-    try {
-      ipSync(["netns", "del", ns]);
-    } catch {
-      // best effort while the process exits
-    }
-  };
-  process.once("exit", teardownSync);
 
   const destroy = async (): Promise<void> => {
-    if (destroyed) return;
-    destroyed = true;
-    process.removeListener("exit", teardownSync);
     token?.closeAllConnections();
     await new Promise<void>((resolve) => (token ? token.close(() => resolve()) : resolve()));
-    for (const child of started) if (child.pid !== undefined) signal(child.pid, "SIGTERM");
-    for (let i = 0; i < 50 && started.some((c) => c.pid !== undefined && alive(c.pid)); i++) {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    for (const child of started) if (child.pid !== undefined) signal(child.pid, "SIGKILL");
-    // Deleting the namespace deletes its veth end, and with it ours.
-    await execa("ip", ["netns", "del", ns], { timeout: 15_000, reject: false });
-    await execa("ip", ["link", "del", veth], { timeout: 15_000, reject: false });
+    token = undefined;
+    // Stops the registries; deleting the bridge namespace deletes the veth pair with it.
+    await net?.destroy();
   };
 
   try {
-    await execa("ip", ["netns", "add", ns], { timeout: 15_000 });
-    const ipn = (args: string[]) => execa("ip", ["-n", ns, ...args], { timeout: 15_000 });
-    await ipn(["link", "set", "lo", "up"]);
-    await execa("ip", ["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
-    await execa("ip", ["addr", "add", `${local}/30`, "dev", veth]);
-    await execa("ip", ["link", "set", veth, "up"]);
-    await ipn(["addr", "add", `${remote}/30`, "dev", "eth0"]);
-    await ipn(["link", "set", "eth0", "up"]);
+    // The registry's namespace on a bridge (createNetnsNetwork), and our veth into that bridge.
+    net = await createNetnsNetwork({
+      prefix: `k8slab-reg${process.pid}-`,
+      prefixLength: 30,
+      hosts: [{ name: "registry", ip: remote }],
+    });
+    const inBridge = (args: string[]) =>
+      execa("ip", ["-n", net!.bridgeNs, ...args], { timeout: 15_000 });
+    await execa(
+      "ip",
+      ["link", "add", veth, "type", "veth", "peer", "name", "host0", "netns", net.bridgeNs],
+      { timeout: 15_000 },
+    );
+    await inBridge(["link", "set", "host0", "master", "br0"]);
+    await inBridge(["link", "set", "host0", "up"]);
+    await execa("ip", ["addr", "add", `${local}/30`, "dev", veth], { timeout: 15_000 });
+    await execa("ip", ["link", "set", veth, "up"], { timeout: 15_000 });
 
     // A test CA, the registry's serving certificate, the token service's, and the token signer.
     const validity = validityFrom(new Date(), 2);
@@ -333,17 +304,7 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
     for (const [name, body] of Object.entries(configs)) {
       const file = join(pki, `${name}.yml`);
       await writeFile(file, stringify(body));
-      const fd = openSync(logFile, "a", 0o600);
-      try {
-        const child = spawn("ip", ["netns", "exec", ns, "docker-registry", "serve", file], {
-          stdio: ["ignore", fd, fd],
-          env: { PATH: hostPath() },
-        });
-        child.on("error", () => undefined);
-        started.push(child);
-      } finally {
-        closeSync(fd);
-      }
+      net.start(net.host("registry").ns, "docker-registry", ["serve", file], logFile);
     }
 
     const host = `${remote}:5000`;
