@@ -92,9 +92,13 @@ describe.skipIf(!support.ok)("pulling images from a real registry", () => {
     return { cache: join(dir, "cache"), dockerConfig, dispatcher: registry.dispatcher(), ...extra };
   }
 
-  async function dockerConfigWith(host: string, user: keyof typeof USERS): Promise<string> {
+  async function dockerConfigWith(
+    host: string,
+    user: keyof typeof USERS,
+    password: string = USERS[user],
+  ): Promise<string> {
     const file = join(await tmp(), "config.json");
-    const auth = Buffer.from(`${user}:${USERS[user]}`).toString("base64");
+    const auth = Buffer.from(`${user}:${password}`).toString("base64");
     await writeFile(file, JSON.stringify({ auths: { [host]: { auth } } }));
     return file;
   }
@@ -336,6 +340,11 @@ describe.skipIf(!support.ok)("pulling images from a real registry", () => {
     expect(anonymous).toBeInstanceOf(K8slabError);
     expect((anonymous as K8slabError).message).toMatch(/access denied: .* has no credentials for/);
     expect((anonymous as K8slabError).hint).toContain(`docker login ${registry.host}`);
+
+    const wrong = await dockerConfigWith(registry.host, "alice", "not-her-password");
+    await expect(pullImages([name], await options({ dockerConfig: wrong }))).rejects.toThrow(
+      /token service of .* refused repository:private\/secret:pull: the user name and password .* were refused/,
+    );
 
     const before = registry.tokenRequests.length;
     const dockerConfig = await dockerConfigWith(registry.host, "alice");
