@@ -46,13 +46,15 @@ export interface BlobFetch {
 
 /**
  * Make one blob present and verified in the store: resume a part with a Range request, else
- * download it whole; refuse content whose sha256 is not the digest. Returns the bytes that were
- * already there when it started (0 for a fresh download).
+ * download it whole; refuse content whose sha256 is not the digest.
  */
-export async function fetchBlob(job: BlobFetch): Promise<number> {
+export async function fetchBlob(job: BlobFetch): Promise<void> {
   const { blob } = job;
   const path = blobPath(job.cache, blob.digest);
-  if ((await sizeOf(path)) === blob.size) return blob.size;
+  if ((await sizeOf(path)) === blob.size) {
+    job.onBytes(blob.size);
+    return;
+  }
   await mkdir(blobDir(job.cache), { recursive: true });
   const part = `${path}.part`;
   let offset = (await sizeOf(part)) ?? 0;
@@ -130,17 +132,12 @@ export async function fetchBlob(job: BlobFetch): Promise<number> {
       // The earlier part may be what is wrong: one more attempt from the first byte.
       throw new TransientError(`${job.image}: blob ${blob.digest} did not verify after resuming`);
     }
-    throw corruptBlob(job, actual);
+    throw new K8slabError(
+      `${job.image}: blob ${blob.digest} from ${repositoryName(job.repo)} is corrupt: its content has ${actual}`,
+      {
+        hint: "the registry or something between (a proxy) damaged it; nothing was stored. Try again later, or map the registry to a mirror",
+      },
+    );
   }
   await rename(part, path);
-  return resumed;
-}
-
-export function corruptBlob(job: Pick<BlobFetch, "image" | "blob" | "repo">, actual: string) {
-  return new K8slabError(
-    `${job.image}: blob ${job.blob.digest} from ${repositoryName(job.repo)} is corrupt: its content has ${actual}`,
-    {
-      hint: "the registry or something between (a proxy) damaged it; nothing was stored. Try again later, or map the registry to a mirror",
-    },
-  );
 }
