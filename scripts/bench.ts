@@ -195,3 +195,83 @@ async function main(): Promise<void> {
 }
 
 await main();
+
+/**
+ * Image pulls: pullImages of one 96 MB image (three 32 MB incompressible layers) from the test
+ * registry in its network namespace into an empty cache, next to skopeo copying the same image
+ * into a docker-archive. Needs root (network namespaces) and the Debian packages docker-registry
+ * and skopeo; says why it is skipped otherwise.
+ */
+async function benchImagePulls(runs: number): Promise<void> {
+  const { startTestRegistry, skopeoAuth } = await import("../test/helpers/registry.js");
+  const { OciLayout } = await import("../test/helpers/registry-images.js");
+  const { netnsSupport } = await import("../test/helpers/netns.js");
+  const { pullImages } = await import("../src/images/index.js");
+  const { randomBytes } = await import("node:crypto");
+  const support = netnsSupport();
+  if (!support.ok) {
+    console.log(`image pull benchmark skipped: ${support.reason}`);
+    return;
+  }
+  const root = await mkdtemp(join(tmpdir(), "k8slab-bench-images-"));
+  const registry = await startTestRegistry(root);
+  try {
+    const layout = new OciLayout(join(root, "oci"));
+    const layerMb = 32;
+    const image = await layout.image({
+      label: "bench",
+      layers: [0, 1, 2].map((i) => ({ [`layer-${i}.bin`]: randomBytes(layerMb << 20) })),
+    });
+    await layout.tag("bench", image);
+    const name = `${registry.host}/bench/image:v1`;
+    await registry.skopeo([
+      "copy",
+      "--quiet",
+      ...skopeoAuth(registry, "dest-"),
+      `oci:${layout.dir}:bench`,
+      `docker://${name}`,
+    ]);
+    const bytes = image.config.size + image.layers.reduce((sum, l) => sum + l.size, 0);
+    const ours: number[] = [];
+    const skopeo: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const cache = join(root, `cache-${i}`);
+      const dockerConfig = join(root, "docker-config.json");
+      await writeFile(dockerConfig, "{}");
+      const dispatcher = registry.dispatcher();
+      ours.push(await timed(() => pullImages([name], { cache, dockerConfig, dispatcher })));
+      await dispatcher.close();
+      await rm(cache, { recursive: true, force: true });
+      const archive = join(registry.scratch, `skopeo-${i}.tar`);
+      skopeo.push(
+        await timed(() =>
+          registry.skopeo([
+            "copy",
+            "--quiet",
+            ...skopeoAuth(registry, "src-"),
+            `docker://${name}`,
+            `docker-archive:${archive}:${name}`,
+          ]),
+        ),
+      );
+      await rm(archive, { force: true });
+    }
+    const mbps = (ms: number): string =>
+      `${(bytes / 1e6 / (ms / 1000)).toFixed(0).padStart(4)} MB/s`;
+    console.log(
+      `k8slab image pull benchmark: ${(bytes / 1e6).toFixed(0)} MB image (3 layers) from a local registry (TLS, bearer token) in a network namespace, ${runs} runs`,
+    );
+    for (const [label, samples] of [
+      ["pullImages into an empty cache", ours],
+      ["skopeo copy to docker-archive (baseline)", skopeo],
+    ] as const) {
+      const s = stats(samples);
+      console.log(`${row(label, s)}   ${mbps(s.median)} at the median`);
+    }
+  } finally {
+    await registry.destroy();
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
+await benchImagePulls(parseRuns(process.argv.slice(2)));

@@ -13,6 +13,8 @@ packages=(
   # the end-to-end test: real VMs with vagrant-libvirt under QEMU, and its test box
   vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
   util-linux extlinux syslinux-common fdisk e2fsprogs
+  # container images: a registry server in a network namespace, and skopeo to push and inspect
+  docker-registry skopeo
 )
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
