@@ -156,6 +156,8 @@ export async function buildHypriotImage(
     ? await loadVersionsFile(options.config, options.cwd)
     : {};
   const builderDir = resolve(options.cwd, options.builderDir ?? defaultBuilderDir(options.env));
+  const pathFailures = staticChecks({ builderDir });
+  if (pathFailures.length > 0) throw new PreflightError(pathFailures);
   const stateDir = builderStateDir(options.env, builderDir);
   const needsClone = options.builderDir === undefined && !(await isDir(builderDir));
   if (options.builderDir !== undefined) await checkCheckout(builderDir, true);
@@ -173,7 +175,9 @@ export async function buildHypriotImage(
   const plan = (kernelUrl: string | undefined) =>
     plannedVersions(checkout, overrides, version, kernelUrl, options.kernelDeb !== undefined);
   // Port 0 is not known yet: check with a stand-in.
-  let planned = plan(kernelUrlFor(options.kernelHost ?? VIRTUALBOX_NAT_HOST)?.replace(":PORT/", ":1/"));
+  let planned = plan(
+    kernelUrlFor(options.kernelHost ?? VIRTUALBOX_NAT_HOST)?.replace(":PORT/", ":1/"),
+  );
   const staticFailures = staticChecks({ builderDir, kernelUrl: planned.versions.KERNEL_URL });
   if (staticFailures.length > 0) throw new PreflightError(staticFailures);
 
@@ -207,9 +211,7 @@ export async function buildHypriotImage(
     for (const line of lines) progress(`warning: ${line}`);
     return lines;
   };
-  const summary = (
-    c: BuilderCheckout | undefined,
-  ): Pick<BuildHypriotImageResult, "checkout"> => {
+  const summary = (c: BuilderCheckout | undefined): Pick<BuildHypriotImageResult, "checkout"> => {
     if (!c) return {};
     const { dir: _dir, values: _values, ...facts } = c;
     return { checkout: { ...facts, summary: describeCheckout(c) } };
@@ -291,7 +293,9 @@ export async function buildHypriotImage(
     await restoreVersionsConfig(builderDir, stateDir);
     if (vm.override) {
       await writeFile(vm.override.path, vm.override.text, { mode: 0o644 });
-      progress(`vagrant reads ${vm.override.path} (VAGRANT_VAGRANTFILE), which loads the checkout's Vagrantfile`);
+      progress(
+        `vagrant reads ${vm.override.path} (VAGRANT_VAGRANTFILE), which loads the checkout's Vagrantfile`,
+      );
     }
     await mkdir(dirname(logFile), { recursive: true });
     log = createWriteStream(logFile, { flags: "a" });
@@ -440,7 +444,9 @@ function plannedVersions(
 
 /** Inspect the checkout; a versions.config left by a killed build is read from k8slab's saved original. */
 async function inspect(builderDir: string, stateDir: string): Promise<BuilderCheckout> {
-  const current = await readFile(join(builderDir, "versions.config"), "utf8").catch(() => undefined);
+  const current = await readFile(join(builderDir, "versions.config"), "utf8").catch(
+    () => undefined,
+  );
   if (current?.startsWith(WRITTEN_BY_K8SLAB)) {
     const orig = await readFile(join(stateDir, "versions.config.orig"), "utf8").catch(
       () => undefined,
@@ -604,8 +610,8 @@ async function verifyImage(
   let expected: string | undefined;
   try {
     expected = /^([0-9a-fA-F]{64})\b/
-      .exec((await readFile(sha256File, "utf8")).trim())
-      ?.[1]?.toLowerCase();
+      .exec((await readFile(sha256File, "utf8")).trim())?.[1]
+      ?.toLowerCase();
   } catch {
     throw new K8slabError(`the builder wrote no checksum file ${sha256File}`, {
       hint: `read the build output: ${logFile}`,
@@ -619,4 +625,3 @@ async function verifyImage(
   }
   return { size, sha256 };
 }
-

@@ -72,7 +72,7 @@ export function parseVersionsConfigText(
     if (!m || !name) {
       throw new K8slabError(`${file}:${i + 1}: k8slab cannot read this line: ${line}`, {
         exitCode: 2,
-        hint: "versions.config should only assign plain values (NAME=\"value\"); restore it with git checkout versions.config",
+        hint: 'versions.config should only assign plain values (NAME="value"); restore it with git checkout versions.config',
       });
     }
     if (!known.includes(name)) {

@@ -357,11 +357,7 @@ async function writeAtomic(path: string, text: string, mode = 0o644): Promise<vo
 }
 
 /** The Wi-Fi passphrase from the environment or a file next to the lab, as a PSK. */
-async function readWifiPsk(
-  w: PiWifi,
-  labPath: string,
-  env: NodeJS.ProcessEnv,
-): Promise<string> {
+async function readWifiPsk(w: PiWifi, labPath: string, env: NodeJS.ProcessEnv): Promise<string> {
   let secret: string | undefined;
   if (w.pskEnv) {
     secret = env[w.pskEnv];
@@ -403,7 +399,8 @@ function checkClusters(clusters: FlashCluster[]): void {
   const hosts = new Map<string, string>();
   for (const c of clusters) {
     const seenName = names.get(c.lab.name);
-    if (seenName) problems.push(`${c.labFile}: cluster name ${c.lab.name} is also used by ${seenName}`);
+    if (seenName)
+      problems.push(`${c.labFile}: cluster name ${c.lab.name} is also used by ${seenName}`);
     else names.set(c.lab.name, c.labFile);
     for (const b of boardsOf(c.lab)) {
       for (const key of [b.hostname, ...(b.ip ? [b.ip] : [])]) {
@@ -415,10 +412,13 @@ function checkClusters(clusters: FlashCluster[]): void {
     }
   }
   if (problems.length > 0) {
-    throw new K8slabError(`these clusters cannot share one inventory:\n  ${problems.join("\n  ")}`, {
-      exitCode: 2,
-      hint: "give every cluster its own name, hostnames and addresses",
-    });
+    throw new K8slabError(
+      `these clusters cannot share one inventory:\n  ${problems.join("\n  ")}`,
+      {
+        exitCode: 2,
+        hint: "give every cluster its own name, hostnames and addresses",
+      },
+    );
   }
 }
 
@@ -435,7 +435,9 @@ export async function writeFlashConfig(options: FlashConfigOptions): Promise<Fla
       labFile: file,
       release,
       image,
-      ...(fromImage === release && !image.includes("/") ? { imageUrl: releaseImageUrl(release) } : {}),
+      ...(fromImage === release && !image.includes("/")
+        ? { imageUrl: releaseImageUrl(release) }
+        : {}),
       method,
     };
   });

@@ -67,7 +67,7 @@ const wifi = z
   .strictObject({
     ssid: z
       .string()
-      .regex(SSID, "must be 1 to 32 printable ASCII characters without \" and \\")
+      .regex(SSID, 'must be 1 to 32 printable ASCII characters without " and \\')
       .describe("The Wi-Fi network's name."),
     country: z
       .string()
@@ -206,7 +206,13 @@ function releaseRules(lab: PiLab): RuleProblem[] {
   const net = releaseNetwork(release);
   const path = lab.hypriotos ? "hypriotos" : "image";
   if (net.method === undefined) {
-    problems.push(err(path, `${release}: ${net.why}; k8slab writes cloud-init files`, "use HypriotOS v1.7.0 or newer"));
+    problems.push(
+      err(
+        path,
+        `${release}: ${net.why}; k8slab writes cloud-init files`,
+        "use HypriotOS v1.7.0 or newer",
+      ),
+    );
   } else if (lab.network.method && lab.network.method !== net.method) {
     problems.push(
       err(

@@ -83,8 +83,7 @@ export async function chooseProvider(
   const warnings: string[] = [];
   const existing = await existingVmProvider(options.builderDir);
   let vboxFound: boolean | undefined;
-  const vbox = async () =>
-    (vboxFound ??= (await probe(ctx, "VBoxManage", cwd, [])) !== undefined);
+  const vbox = async () => (vboxFound ??= (await probe(ctx, "VBoxManage", cwd, [])) !== undefined);
   const libvirtPlugin = async () =>
     platform === "linux" &&
     (await vagrantPlugins(ctx, cwd).then(
@@ -104,7 +103,10 @@ export async function chooseProvider(
   } else if (existing) {
     provider = existing;
     reason = `the builder VM was created with ${existing}`;
-  } else if (options.requested === "virtualbox" || (options.requested === "auto" && (await vbox()))) {
+  } else if (
+    options.requested === "virtualbox" ||
+    (options.requested === "auto" && (await vbox()))
+  ) {
     provider = "virtualbox";
     reason = options.requested === "auto" ? "VirtualBox is installed" : "--provider virtualbox";
   } else if (options.requested === "libvirt" || options.requested === "auto") {

@@ -77,7 +77,10 @@ export interface ReleaseNetwork {
  *   NoCloud seed, so cloud-init configures eth0 (through ifupdown) from that file.
  */
 const NETWORK_BY_RELEASE: readonly (ReleaseNetwork & { from: string })[] = [
-  { from: "v0.0.0", why: "HypriotOS before v1.7.0 has no cloud-init; it reads /boot/device-init.yaml" },
+  {
+    from: "v0.0.0",
+    why: "HypriotOS before v1.7.0 has no cloud-init; it reads /boot/device-init.yaml",
+  },
   {
     from: "v1.7.0",
     method: "ifupdown",
@@ -126,9 +129,8 @@ export function rootfsDistribution(tag: string): string | undefined {
 /** hypriotos-rpi-v1.9.0.img.zip -> v1.9.0; undefined for a name without a release tag. */
 export function releaseOfImage(image: string): string | undefined {
   const name = image.split("/").pop() ?? image;
-  const m = /^hypriotos-rpi-(v\d{1,3}\.\d{1,3}\.\d{1,3}(?:-[0-9A-Za-z.]{1,20})?)\.img(\.zip)?$/.exec(
-    name,
-  );
+  const m =
+    /^hypriotos-rpi-(v\d{1,3}\.\d{1,3}\.\d{1,3}(?:-[0-9A-Za-z.]{1,20})?)\.img(\.zip)?$/.exec(name);
   return m?.[1];
 }
 

@@ -144,14 +144,21 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
 function printPlan(ctx: CliContext, r: BuildHypriotImageResult): void {
   say(ctx, "dry run: nothing was written or built");
   if (r.checkout) printResult(ctx, `checkout: ${r.builderDir}: ${r.checkout.summary}`);
-  else printResult(ctx, `checkout: ${r.builderDir} is cloned first; its versions.config gives the values`);
+  else
+    printResult(
+      ctx,
+      `checkout: ${r.builderDir} is cloned first; its versions.config gives the values`,
+    );
   printResult(ctx, `provider: ${r.provider} (${r.providerReason || "none found"})`);
   if (r.vagrantOverride) {
     printResult(ctx, `would write ${r.vagrantOverride.path}:`);
     printResult(ctx, r.vagrantOverride.text.replace(/^/gm, "  ").trimEnd());
   }
   if (r.versionsConfigText) {
-    printResult(ctx, `would write ${r.versionsConfig} for the build (and put the checkout's back):`);
+    printResult(
+      ctx,
+      `would write ${r.versionsConfig} for the build (and put the checkout's back):`,
+    );
     printResult(ctx, r.versionsConfigText.replace(/^/gm, "  ").trimEnd());
   }
   for (const w of r.warnings) printResult(ctx, `warning: ${w}`);
