@@ -13,6 +13,9 @@ packages=(
   # the end-to-end test: real VMs with vagrant-libvirt under QEMU, and its test box
   vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
   util-linux extlinux syslinux-common fdisk e2fsprogs
+  # the Pi side: cloud-init's own schema validator and network renderer for the user-data and
+  # network-config flash-config writes, ansible-inventory for its inventory
+  cloud-init ansible-core
 )
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
@@ -39,6 +42,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     status=$?
   [ "$added_policy" = no ] || $sudo rm -f "$policy"
   [ "${status:-0}" -eq 0 ] || exit "$status"
+  # The tests only run cloud-init's validator; it must not run at this machine's next boot.
+  case " ${missing[*]} " in
+  *" cloud-init "*) $sudo touch /etc/cloud/cloud-init.disabled ;;
+  esac
 fi
 
 # `npm install` from the committed lock file rather than `npm ci`: npm 11 writes lock files

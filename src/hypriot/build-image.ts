@@ -107,7 +107,7 @@ export interface BuildHypriotImageResult {
   /** k8slab's own directory for this checkout: logs, the libvirt override, versions.config copies. */
   stateDir: string;
   /** What the checkout does with versions.config (undefined: it is cloned first). */
-  checkout?: Omit<BuilderCheckout, "dir" | "values"> & { summary: string };
+  checkout?: BuilderCheckout & { summary: string };
   provider: BuilderProvider;
   providerReason: string;
   /** What every vagrant command of the builder needs in its environment. */
@@ -211,11 +211,8 @@ export async function buildHypriotImage(
     for (const line of lines) progress(`warning: ${line}`);
     return lines;
   };
-  const summary = (c: BuilderCheckout | undefined): Pick<BuildHypriotImageResult, "checkout"> => {
-    if (!c) return {};
-    const { dir: _dir, values: _values, ...facts } = c;
-    return { checkout: { ...facts, summary: describeCheckout(c) } };
-  };
+  const summary = (c: BuilderCheckout | undefined): Pick<BuildHypriotImageResult, "checkout"> =>
+    c ? { checkout: { ...c, summary: describeCheckout(c) } } : {};
   const common = {
     builderDir,
     stateDir,

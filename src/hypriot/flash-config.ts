@@ -405,9 +405,9 @@ function checkClusters(clusters: FlashCluster[]): void {
     for (const b of boardsOf(c.lab)) {
       for (const key of [b.hostname, ...(b.ip ? [b.ip] : [])]) {
         const other = hosts.get(key);
-        if (other && other !== c.lab.name) {
-          problems.push(`${c.labFile}: ${key} (${b.hostname}) is also in cluster ${other}`);
-        } else hosts.set(key, c.lab.name);
+        if (other && other !== c.labFile) {
+          problems.push(`${c.labFile}: ${key} (${b.hostname}) is also in ${other}`);
+        } else hosts.set(key, c.labFile);
       }
     }
   }

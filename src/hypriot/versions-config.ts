@@ -255,7 +255,7 @@ export function failOnErrors(problems: RuleProblem[], what: string): RuleProblem
   if (errors.length > 0) {
     throw new K8slabError(
       `${what}:\n${errors
-        .map(({ key: _key, hint, ...p }) =>
+        .map(({ hint, ...p }) =>
           formatProblem(errors.length === 1 ? p : { ...p, ...(hint ? { hint } : {}) }),
         )
         .map((line) => `  ${line}`)

@@ -94,7 +94,7 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
     .option("--log <file>", "where the build output goes (default: in k8slab's cache directory)")
     .option(
       "--dry-run",
-      "show the checkout's generation, the versions.config and every command with its environment; write and run nothing",
+      "show the checkout's generation, the versions.config and every command with its environment; write and build nothing (only VBoxManage and vagrant are asked which provider is there)",
     )
     .option("--json", "print the result as JSON on stdout")
     .addHelpText("after", HELP)
