@@ -11,30 +11,16 @@ import { builderVm } from "../src/hypriot/builder-vm.js";
 import { PreflightError } from "../src/hypriot/preflight.js";
 import { cli } from "./helpers/cli.js";
 import { createFakeBin, type FakeBin, type FakeProgram } from "./helpers/fake-bin.js";
+import { fixtureCheckout, fixtureFiles, type Generation } from "./fixtures/hypriot/checkout.js";
 import { findTool } from "./helpers/host.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
 const FIXTURES = join(import.meta.dirname, "fixtures", "hypriot");
-type Generation = "v1.9.0" | "master";
 
-/** A git checkout of a fixture in the shape of image-builder-rpi at v1.9.0 or master. */
-async function checkout(root: string, generation: Generation = "v1.9.0"): Promise<string> {
-  const dir = join(root, "image-builder-rpi");
-  await cp(join(FIXTURES, `image-builder-rpi-${generation}`), dir, { recursive: true });
-  const git = (...args: string[]) => execa("git", args, { cwd: dir });
-  await git("init", "-q");
-  await git("add", "-A");
-  await git(
-    "-c",
-    "user.name=k8slab",
-    "-c",
-    "user.email=k8slab@example.org",
-    "commit",
-    "-qm",
-    "fixture",
-  );
-  return dir;
+/** A git checkout in the shape of image-builder-rpi at v1.9.0 or master. */
+function checkout(root: string, generation: Generation = "v1.9.0"): Promise<string> {
+  return fixtureCheckout(join(root, "image-builder-rpi"), generation, { git: true });
 }
 
 /** `git status --porcelain` of a checkout: empty when nothing changed and nothing was added. */
@@ -111,19 +97,12 @@ function programs(
 }
 
 /** What the fake `git clone` writes: the v1.9.0 fixture's files. */
-const CLONED: Record<string, string> = {};
-for (const f of [
-  "Makefile",
-  "Vagrantfile",
-  "versions.config",
-  "builder/build.sh",
-  "builder/chroot-script.sh",
-]) {
-  CLONED[`image-builder-rpi/${f}`] = await readFile(
-    join(FIXTURES, "image-builder-rpi-v1.9.0", f),
-    "utf8",
-  );
-}
+const CLONED = Object.fromEntries(
+  Object.entries(await fixtureFiles("v1.9.0")).map(([path, text]) => [
+    `image-builder-rpi/${path}`,
+    text,
+  ]),
+);
 
 interface Setup {
   root: string;
@@ -236,7 +215,7 @@ describe("build-hypriot-image with fake vagrant, docker and make", () => {
     expect(copy).toContain("VERSION='k8slab-test-1'");
     expect(copy).toContain("export DOCKER_CE_VERSION='18.04.0~ce~3-0~raspbian'");
     expect(await readFile(join(s.builder, "versions.config"), "utf8")).toBe(
-      await readFile(join(FIXTURES, "image-builder-rpi-v1.9.0", "versions.config"), "utf8"),
+      await readFile(join(FIXTURES, "v1.9.0", "versions.config"), "utf8"),
     );
     expect(await gitStatus(s.builder)).toBe("");
 
@@ -589,17 +568,17 @@ const SSH_CONFIG = [
 
 /** A Vagrant with vagrant-libvirt (no VirtualBox): `vagrant port` is not supported there. */
 function libvirtPrograms(): Record<string, FakeProgram | undefined> {
+  const vagrant = programs().vagrant!;
+  const rules = (vagrant.rules ?? []).filter((r) => !/^\^(port|plugin)/.test(r.args ?? ""));
   return {
     VBoxManage: undefined,
     vagrant: {
+      ...vagrant,
       rules: [
-        { args: "^--version$", stdout: "Vagrant 2.3.4" },
-        { args: "^up$", stdout: "Bringing machine 'default' up with 'libvirt' provider..." },
+        ...rules,
         { args: "^ssh-config$", stdout: SSH_CONFIG },
-        { args: "^ssh -c ", stdout: "" },
         { args: "^plugin list$", stdout: "vagrant-libvirt (0.11.2, system)" },
       ],
-      fallback: { exitCode: 1, stderr: "unexpected vagrant call: {{args}}" },
     },
   };
 }
@@ -755,6 +734,17 @@ function runBuildCommand(args: string[], cwd: string, env: NodeJS.ProcessEnv) {
   return cli(["build-hypriot-image", ...args], { cwd, env });
 }
 
+/** `k8slab build-hypriot-image --builder-dir <checkout> --dry-run --json`, parsed. */
+async function dryRunJson(s: Setup): Promise<unknown> {
+  const r = await runBuildCommand(
+    ["--builder-dir", s.builder, "--dry-run", "--json"],
+    s.root,
+    s.options.env,
+  );
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as unknown;
+}
+
 describe("k8slab build-hypriot-image --dry-run", () => {
   /** What a dry run may run: the provider probes, nothing that changes anything. */
   const PROBES = ["VBoxManage --version"];
@@ -814,13 +804,7 @@ describe("k8slab build-hypriot-image --dry-run", () => {
 
   it("on a checkout of master: master's own values, and nothing the checkout would not read", async () => {
     const s = await setup({}, "master");
-    const r = await runBuildCommand(
-      ["--builder-dir", s.builder, "--dry-run", "--json"],
-      s.root,
-      s.options.env,
-    );
-    expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout) as {
+    const out = (await dryRunJson(s)) as {
       versions: Record<string, string>;
       warnings: string[];
       checkout: { distribution: string; kernel: string; network: string };
@@ -862,13 +846,7 @@ describe("k8slab build-hypriot-image --dry-run", () => {
 
   it("prints the plan as JSON with --json", async () => {
     const s = await setup();
-    const r = await runBuildCommand(
-      ["--builder-dir", s.builder, "--dry-run", "--json"],
-      s.root,
-      s.options.env,
-    );
-    expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout) as {
+    const out = (await dryRunJson(s)) as {
       dryRun: boolean;
       plan: { file: string; args: string[]; env: Record<string, string>; unsetEnv: string[] }[];
       versions: { VERSION: string };

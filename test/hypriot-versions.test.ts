@@ -6,6 +6,7 @@ import { K8slabError } from "../src/errors.js";
 import {
   inspectCheckout,
   parseVersionsConfigText,
+  VERSION_KEYS,
   type BuilderCheckout,
 } from "../src/hypriot/builder-checkout.js";
 import {
@@ -18,10 +19,10 @@ import {
   type VersionsConfig,
   type VersionValues,
 } from "../src/hypriot/versions-config.js";
+import { fixtureCheckout, type Generation } from "./fixtures/hypriot/checkout.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
-const FIXTURES = join(import.meta.dirname, "fixtures", "hypriot");
 
 /** Seed 002's versions, from the built-in --config seed-002. */
 let SEED: VersionValues;
@@ -30,21 +31,7 @@ beforeAll(async () => {
 });
 const seedVersions = (): Record<string, string | undefined> => ({ ...SEED });
 
-const NAMES = [
-  "HYPRIOT_OS_VERSION",
-  "ROOTFS_TAR_CHECKSUM",
-  "RAW_IMAGE",
-  "RAW_IMAGE_VERSION",
-  "RAW_IMAGE_CHECKSUM",
-  "KERNEL_BUILD",
-  "KERNEL_URL",
-  "KERNEL_VERSION",
-  "DOCKER_CE_CHANNEL",
-  "DOCKER_CE_VERSION",
-  "DOCKER_COMPOSE_VERSION",
-  "DOCKER_MACHINE_VERSION",
-  "VERSION",
-] as const;
+const NAMES = VERSION_KEYS;
 
 /** Every key set. */
 function full(): VersionsConfig {
@@ -97,9 +84,7 @@ describe("versions.config", () => {
     const dir = await tmp();
     const file = join(dir, "versions.config");
     await writeFile(file, renderVersionsConfig(full()));
-    expect(await exportedToChild(file)).toEqual(
-      NAMES.filter((n) => (EXPORTED as readonly string[]).includes(n)),
-    );
+    expect(await exportedToChild(file)).toEqual(NAMES.filter((n) => EXPORTED.includes(n)));
     expect(EXPORTED).toContain("KERNEL_BUILD");
     expect(EXPORTED).toContain("DOCKER_CE_VERSION");
   });
@@ -260,8 +245,10 @@ describe("--config FILE", () => {
 });
 
 describe("the checkout's generation (fixture checkouts in the shape of v1.9.0 and master)", () => {
-  const v190 = () => inspectCheckout(join(FIXTURES, "image-builder-rpi-v1.9.0"));
-  const master = () => inspectCheckout(join(FIXTURES, "image-builder-rpi-master"));
+  const inspect = async (generation: Generation) =>
+    inspectCheckout(await fixtureCheckout(join(await tmp(), "image-builder-rpi"), generation));
+  const v190 = () => inspect("v1.9.0");
+  const master = () => inspect("master");
   const own = (c: BuilderCheckout): VersionsConfig => ({
     ...checkVersions(c.values),
     VERSION: "k8slab-1",

@@ -19,6 +19,7 @@ import {
   type Step,
 } from "./builder.js";
 import { describeCheckout, inspectCheckout, type BuilderCheckout } from "./builder-checkout.js";
+import { isFile } from "./pi-lab.js";
 import {
   builderVm,
   LIBVIRT_HOST_ADDRESS,
@@ -548,14 +549,6 @@ async function waitForDockerOs(
 async function isDir(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
   } catch {
     return false;
   }

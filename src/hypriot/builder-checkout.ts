@@ -13,13 +13,10 @@ import type { NetworkMethod } from "./releases.js";
  * k8slab asks the checkout instead of assuming one generation.
  */
 
-/** The variables of versions.config k8slab knows, in the builder's own order. */
-export const VERSION_KEYS = [
-  "HYPRIOT_OS_VERSION",
-  "ROOTFS_TAR_CHECKSUM",
-  "RAW_IMAGE",
-  "RAW_IMAGE_VERSION",
-  "RAW_IMAGE_CHECKSUM",
+const ROOTFS_KEYS = ["HYPRIOT_OS_VERSION", "ROOTFS_TAR_CHECKSUM"] as const;
+const RAW_IMAGE_KEYS = ["RAW_IMAGE", "RAW_IMAGE_VERSION", "RAW_IMAGE_CHECKSUM"] as const;
+/** For builder/chroot-script.sh, which runs in a chroot and sees only exported variables. */
+export const CHROOT_KEYS = [
   "KERNEL_BUILD",
   "KERNEL_URL",
   "KERNEL_VERSION",
@@ -27,8 +24,16 @@ export const VERSION_KEYS = [
   "DOCKER_CE_VERSION",
   "DOCKER_COMPOSE_VERSION",
   "DOCKER_MACHINE_VERSION",
-  "VERSION",
 ] as const;
+/** The variables of versions.config k8slab knows, in the builder's own order. */
+export const VERSION_KEYS = [...ROOTFS_KEYS, ...RAW_IMAGE_KEYS, ...CHROOT_KEYS, "VERSION"] as const;
+/** versions.config's sections, in the builder's own layout. */
+export const VERSIONS_SECTIONS: readonly [string, readonly VersionKey[]][] = [
+  ["config vars for the root file system", ROOTFS_KEYS],
+  ["name of the ready made raw image for RPi", RAW_IMAGE_KEYS],
+  ["specific versions of kernel/firmware and docker tools", CHROOT_KEYS],
+  ["the version in the image's name: hypriotos-rpi-<VERSION>.img.zip", ["VERSION"]],
+];
 export type VersionKey = (typeof VERSION_KEYS)[number];
 
 export const BUILD_SCRIPTS = ["builder/build.sh", "builder/chroot-script.sh"] as const;

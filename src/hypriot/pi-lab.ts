@@ -364,7 +364,7 @@ export async function loadPiLab(ref: string, options: { cwd: string }): Promise<
   return { lab, file, path, warnings: problems };
 }
 
-async function isFile(path: string): Promise<boolean> {
+export async function isFile(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isFile();
   } catch {

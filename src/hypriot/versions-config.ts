@@ -1,4 +1,4 @@
-import { readdir, readFile, stat } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
@@ -11,8 +11,14 @@ import {
   type RuleProblem,
 } from "../lab/problems.js";
 import { singleQuote } from "../util/quote.js";
-import { builtinPiLabsDir } from "./pi-lab.js";
-import { VERSION_KEYS, type BuilderCheckout, type VersionKey } from "./builder-checkout.js";
+import { builtinPiLabsDir, isFile } from "./pi-lab.js";
+import {
+  CHROOT_KEYS,
+  VERSION_KEYS,
+  VERSIONS_SECTIONS,
+  type BuilderCheckout,
+  type VersionKey,
+} from "./builder-checkout.js";
 import { rootfsDistribution } from "./releases.js";
 
 /**
@@ -164,17 +170,16 @@ export function checkVersions(
   return parsed.data;
 }
 
-/** Variables every build script generation needs when it reads them (KERNEL_URL is optional). */
-const NEEDED_WHEN_READ: readonly VersionKey[] = [
-  "HYPRIOT_OS_VERSION",
-  "ROOTFS_TAR_CHECKSUM",
-  "RAW_IMAGE",
-  "RAW_IMAGE_VERSION",
-  "RAW_IMAGE_CHECKSUM",
-  "DOCKER_CE_CHANNEL",
-  "DOCKER_CE_VERSION",
-  "DOCKER_COMPOSE_VERSION",
-  "DOCKER_MACHINE_VERSION",
+/**
+ * Variables a build cannot do without when its scripts read them: all but the kernel's (checked
+ * on their own: KERNEL_URL is optional, KERNEL_BUILD needed only without it), KERNEL_VERSION
+ * (read by no version) and VERSION (k8slab always sets it).
+ */
+const OPTIONAL_WHEN_READ: readonly VersionKey[] = [
+  "KERNEL_BUILD",
+  "KERNEL_URL",
+  "KERNEL_VERSION",
+  "VERSION",
 ];
 
 /**
@@ -184,8 +189,8 @@ const NEEDED_WHEN_READ: readonly VersionKey[] = [
  */
 export function versionsProblems(v: VersionValues, c: BuilderCheckout): RuleProblem[] {
   const problems: RuleProblem[] = [];
-  for (const key of NEEDED_WHEN_READ) {
-    if (c.reads.includes(key) && v[key] === undefined) {
+  for (const key of VERSION_KEYS) {
+    if (!OPTIONAL_WHEN_READ.includes(key) && c.reads.includes(key) && v[key] === undefined) {
       problems.push(
         ruleError(key, `this checkout reads ${key}, but it has no value`, `set ${key} in --config`),
       );
@@ -277,14 +282,6 @@ export function builtinVersionsDir(): string {
   return join(builtinPiLabsDir(), "versions");
 }
 
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
-}
-
 /** A --config argument: a built-in name such as seed-002, or a path. */
 async function resolveVersionsFile(file: string, cwd: string): Promise<string> {
   const path = resolve(cwd, file);
@@ -330,15 +327,7 @@ export function stripUndefined<T extends object>(value: T): T {
 }
 
 /** Variables that must be exported: builder/chroot-script.sh runs in a chroot and sees only these. */
-export const EXPORTED = [
-  "KERNEL_BUILD",
-  "KERNEL_URL",
-  "KERNEL_VERSION",
-  "DOCKER_CE_CHANNEL",
-  "DOCKER_CE_VERSION",
-  "DOCKER_COMPOSE_VERSION",
-  "DOCKER_MACHINE_VERSION",
-] as const;
+export const EXPORTED: readonly string[] = CHROOT_KEYS;
 
 /** First line of every versions.config k8slab writes; marks a file left behind by a killed build. */
 export const WRITTEN_BY_K8SLAB =
@@ -346,36 +335,15 @@ export const WRITTEN_BY_K8SLAB =
 
 /** The text of versions.config, in the builder's own layout; only the chroot's variables exported. */
 export function renderVersionsConfig(v: VersionsConfig): string {
-  const line = (name: keyof VersionsConfig): string[] => {
+  const line = (name: VersionKey): string[] => {
     const value = v[name];
     if (value === undefined) return [];
-    const exported = (EXPORTED as readonly string[]).includes(name);
-    return [`${exported ? "export " : ""}${name}=${singleQuote(value)}`];
+    return [`${EXPORTED.includes(name) ? "export " : ""}${name}=${singleQuote(value)}`];
   };
   return [
     WRITTEN_BY_K8SLAB,
     "# Only exported variables reach builder/chroot-script.sh, which runs in a chroot.",
-    "",
-    "# config vars for the root file system",
-    ...line("HYPRIOT_OS_VERSION"),
-    ...line("ROOTFS_TAR_CHECKSUM"),
-    "",
-    "# name of the ready made raw image for RPi",
-    ...line("RAW_IMAGE"),
-    ...line("RAW_IMAGE_VERSION"),
-    ...line("RAW_IMAGE_CHECKSUM"),
-    "",
-    "# specific versions of kernel/firmware and docker tools",
-    ...line("KERNEL_BUILD"),
-    ...line("KERNEL_URL"),
-    ...line("KERNEL_VERSION"),
-    ...line("DOCKER_CE_CHANNEL"),
-    ...line("DOCKER_CE_VERSION"),
-    ...line("DOCKER_COMPOSE_VERSION"),
-    ...line("DOCKER_MACHINE_VERSION"),
-    "",
-    "# the version in the image's name: hypriotos-rpi-<VERSION>.img.zip",
-    ...line("VERSION"),
+    ...VERSIONS_SECTIONS.flatMap(([comment, keys]) => ["", `# ${comment}`, ...keys.flatMap(line)]),
     "",
   ].join("\n");
 }
