@@ -139,7 +139,10 @@ export async function chooseProvider(
     } else if (!(await libvirtPlugin())) {
       failures.push({
         check: "provider",
-        message: `neither VirtualBox (VBoxManage) nor the vagrant-libvirt plugin was found, and ${VIRTUALBOX_REASON}`,
+        message:
+          options.requested === "libvirt"
+            ? "the vagrant-libvirt plugin was not found"
+            : `neither VirtualBox (VBoxManage) nor the vagrant-libvirt plugin was found, and ${VIRTUALBOX_REASON}`,
         hint: "install VirtualBox, or vagrant-libvirt (Debian/Ubuntu: sudo apt-get install vagrant-libvirt libvirt-daemon-system)",
       });
     } else if (!(await anyExists(options.nfsServerPrograms ?? NFS_SERVER_PROGRAMS))) {
