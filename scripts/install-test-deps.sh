@@ -15,6 +15,9 @@ packages=(
   util-linux extlinux syslinux-common fdisk e2fsprogs
   # container images: a registry server in a network namespace, and skopeo to push and inspect
   docker-registry skopeo
+  # the Pi side: cloud-init's own schema validator and network renderer for the user-data and
+  # network-config flash-config writes, ansible-inventory for its inventory
+  cloud-init ansible-core
 )
 command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
@@ -41,6 +44,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     status=$?
   [ "$added_policy" = no ] || $sudo rm -f "$policy"
   [ "${status:-0}" -eq 0 ] || exit "$status"
+  # The tests only run cloud-init's validator; it must not run at this machine's next boot.
+  case " ${missing[*]} " in
+  *" cloud-init "*) $sudo touch /etc/cloud/cloud-init.disabled ;;
+  esac
 fi
 
 # `npm install` from the committed lock file rather than `npm ci`: npm 11 writes lock files

@@ -1,9 +1,15 @@
-// Regenerates labs/schema.json from the zod schema (npm run schema). A test keeps them in sync.
+// Regenerates labs/schema.json and labs/pi/schema.json from the zod schemas (npm run schema).
+// Tests keep them in sync.
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { builtinPiLabsDir, piLabJsonSchemaText } from "../src/hypriot/pi-lab.js";
 import { labJsonSchemaText } from "../src/lab/json-schema.js";
 import { builtinLabsDir } from "../src/lab/load.js";
 
-const target = join(builtinLabsDir(), "schema.json");
-await writeFile(target, labJsonSchemaText());
-console.log(`wrote ${target}`);
+for (const [target, text] of [
+  [join(builtinLabsDir(), "schema.json"), labJsonSchemaText()],
+  [join(builtinPiLabsDir(), "schema.json"), piLabJsonSchemaText()],
+]) {
+  await writeFile(target, text);
+  console.log(`wrote ${target}`);
+}

@@ -1,18 +1,32 @@
 import { describe, expect, it } from "vitest";
 import { createHash } from "node:crypto";
 import { connect } from "node:net";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { CommandFailedError, K8slabError } from "../src/errors.js";
 import { buildHypriotImage, type BuildHypriotImageOptions } from "../src/hypriot/build-image.js";
-import { parseVagrantPort } from "../src/hypriot/builder.js";
+import { builderStateDir, parseSshConfigHost, parseVagrantPort } from "../src/hypriot/builder.js";
+import { builderVm } from "../src/hypriot/builder-vm.js";
 import { PreflightError } from "../src/hypriot/preflight.js";
 import { cli } from "./helpers/cli.js";
 import { createFakeBin, type FakeBin, type FakeProgram } from "./helpers/fake-bin.js";
+import { fixtureCheckout, fixtureFiles, type Generation } from "./fixtures/hypriot/checkout.js";
+import { findTool } from "./helpers/host.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
+const FIXTURES = join(import.meta.dirname, "fixtures", "hypriot");
+
+/** A git checkout in the shape of image-builder-rpi at v1.9.0 or master. */
+function checkout(root: string, generation: Generation = "v1.9.0"): Promise<string> {
+  return fixtureCheckout(join(root, "image-builder-rpi"), generation, { git: true });
+}
+
+/** `git status --porcelain` of a checkout: empty when nothing changed and nothing was added. */
+async function gitStatus(dir: string): Promise<string> {
+  return (await execa("git", ["status", "--porcelain"], { cwd: dir })).stdout;
+}
 
 const IMAGE = "fake sd card image\n";
 const IMAGE_SHA = createHash("sha256").update(IMAGE).digest("hex");
@@ -22,6 +36,7 @@ const RECORDED = [
   "DOCKER_TLS_VERIFY",
   "DOCKER_CERT_PATH",
   "DOCKER_CONTEXT",
+  "VAGRANT_VAGRANTFILE",
 ];
 
 /** A Vagrant that forwarded the VM's 2375 to 2376 (auto_correct): k8slab must ask, not assume. */
@@ -70,14 +85,7 @@ function programs(
     git: {
       rules: [
         { args: "^--version$", stdout: "git version 2.39.2" },
-        {
-          args: "clone .* https://github.com/hypriot/image-builder-rpi ",
-          files: {
-            "image-builder-rpi/Makefile": "sd-image:\n",
-            "image-builder-rpi/Vagrantfile": "Vagrant.configure(2) {}\n",
-            "image-builder-rpi/versions.config": 'HYPRIOT_OS_VERSION="v2.2.1"\n',
-          },
-        },
+        { args: "clone .* https://github.com/hypriot/image-builder-rpi ", files: CLONED },
       ],
     },
   };
@@ -88,21 +96,30 @@ function programs(
   return base;
 }
 
+/** What the fake `git clone` writes: the v1.9.0 fixture's files. */
+const CLONED = Object.fromEntries(
+  Object.entries(await fixtureFiles("v1.9.0")).map(([path, text]) => [
+    `image-builder-rpi/${path}`,
+    text,
+  ]),
+);
+
 interface Setup {
   root: string;
   builder: string;
   fake: FakeBin;
   options: BuildHypriotImageOptions;
   progress: string[];
+  /** k8slab's own directory for the checkout. */
+  state: string;
 }
 
-async function setup(overrides: Record<string, FakeProgram | undefined> = {}): Promise<Setup> {
+async function setup(
+  overrides: Record<string, FakeProgram | undefined> = {},
+  generation: Generation = "v1.9.0",
+): Promise<Setup> {
   const root = await tmp();
-  const builder = join(root, "image-builder-rpi");
-  await mkdir(builder);
-  await writeFile(join(builder, "Makefile"), "sd-image:\n");
-  await writeFile(join(builder, "Vagrantfile"), "Vagrant.configure(2) {}\n");
-  await writeFile(join(builder, "versions.config"), 'HYPRIOT_OS_VERSION="v2.2.1"\n');
+  const builder = await checkout(root, generation);
   const fake = await createFakeBin(root, programs(overrides), { recordEnv: RECORDED });
   const progress: string[] = [];
   const options: BuildHypriotImageOptions = {
@@ -115,8 +132,10 @@ async function setup(overrides: Record<string, FakeProgram | undefined> = {}): P
     freeBytes: async () => 100 * 1024 ** 3,
     dockerInfoAttempts: 2,
     dockerInfoDelayMs: 10,
+    host: { platform: "linux", nfsServerPrograms: [join(root, "no-exportfs")] },
   };
-  return { root, builder, fake, options, progress };
+  const state = builderStateDir(options.env, builder);
+  return { root, builder, fake, options, progress, state };
 }
 
 async function failure(p: Promise<unknown>): Promise<K8slabError> {
@@ -181,21 +200,59 @@ describe("build-hypriot-image with fake vagrant, docker and make", () => {
     expect(result.sha256).toBe(IMAGE_SHA);
     expect(result.dockerHost).toBe("tcp://127.0.0.1:2376");
     expect(result.dockerOs).toBe("Ubuntu 16.04.5 LTS");
-    expect(result.versions.VERSION).toBe("k8slab-test-1");
-    expect(result.versions.HYPRIOT_OS_VERSION).toBe("v2.0.1");
+    expect(result.provider).toBe("virtualbox");
+    // The checkout's own values (v1.9.0's), with this build's VERSION.
+    expect(result.versions).toMatchObject({
+      VERSION: "k8slab-test-1",
+      HYPRIOT_OS_VERSION: "v2.0.1",
+      KERNEL_BUILD: "20180422-141901",
+      DOCKER_CE_VERSION: "18.04.0~ce~3-0~raspbian",
+    });
+    expect(result.warnings).toEqual([expect.stringMatching(/^KERNEL_VERSION: .*has no effect/)]);
 
-    const config = await readFile(join(s.builder, "versions.config"), "utf8");
-    expect(config).toContain("VERSION='k8slab-test-1'");
-    expect(config).toContain("export DOCKER_CE_VERSION='18.06.1~ce~3-0~raspbian'");
-    expect(await readFile(join(s.builder, "versions.config.orig"), "utf8")).toBe(
-      'HYPRIOT_OS_VERSION="v2.2.1"\n',
+    // The build saw k8slab's versions.config; the checkout has its own back, and k8slab keeps a copy.
+    const copy = await readFile(result.versionsConfigCopy, "utf8");
+    expect(copy).toContain("VERSION='k8slab-test-1'");
+    expect(copy).toContain("export DOCKER_CE_VERSION='18.04.0~ce~3-0~raspbian'");
+    expect(await readFile(join(s.builder, "versions.config"), "utf8")).toBe(
+      await readFile(join(FIXTURES, "v1.9.0", "versions.config"), "utf8"),
     );
+    expect(await gitStatus(s.builder)).toBe("");
 
+    // The log is in k8slab's own directory, not in the checkout (the Docker build context).
+    expect(result.logFile).toBe(join(s.state, "logs", "build-k8slab-test-1.log"));
     const log = await readFile(result.logFile, "utf8");
     expect(log).toContain("+ zip hypriotos-rpi-k8slab-test-1.img.zip");
     expect(log).toContain("make sd-image");
     expect(s.progress.join("\n")).toMatch(/\[make sd-image\]/);
     expect(s.progress.join("\n")).toContain("tcp://127.0.0.1:2376");
+  });
+
+  it("make sd-image sees k8slab's versions.config, and a build leaves the checkout as git has it", async () => {
+    const s = await setup({ make: undefined });
+    // A make that does what the build container does with versions.config: source it with bash.
+    const seen = join(s.root, "seen.txt");
+    await writeFile(
+      join(s.fake.dir, "make"),
+      [
+        "#!/bin/sh",
+        "PATH=/usr/bin:/bin",
+        '[ "$1" = --version ] && { echo "GNU Make 4.3"; exit 0; }',
+        '[ "$1" = sd-image ] || exit 2',
+        `bash -uc '. ./versions.config; echo "$HYPRIOT_OS_VERSION $KERNEL_BUILD $DOCKER_CE_VERSION $VERSION"' > ${seen}`,
+        'echo image > "hypriotos-rpi-$VERSION.img.zip"',
+        'sha256sum "hypriotos-rpi-$VERSION.img.zip" > "hypriotos-rpi-$VERSION.img.zip.sha256"',
+        "",
+      ].join("\n"),
+    );
+    await chmod(join(s.fake.dir, "make"), 0o755);
+    await writeFile(join(s.root, "v.yaml"), "DOCKER_CE_VERSION: 18.06.1~ce~3-0~raspbian\n");
+    await buildHypriotImage({ ...s.options, config: "v.yaml" });
+    expect((await readFile(seen, "utf8")).trim()).toBe(
+      "v2.0.1 20180422-141901 18.06.1~ce~3-0~raspbian k8slab-test-1",
+    );
+    expect(await gitStatus(s.builder)).toBe("");
+    expect((await readdir(s.builder)).filter((f) => f.endsWith(".log"))).toEqual([]);
   });
 
   it("gives every build a new VERSION by default", async () => {
@@ -205,12 +262,12 @@ describe("build-hypriot-image with fake vagrant, docker and make", () => {
     const now = () => new Date((t += 1000));
     const a = await buildHypriotImage({ ...options, now });
     const b = await buildHypriotImage({ ...options, now });
-    expect(a.versions.VERSION).toMatch(/^k8slab-\d{8}-\d{6}$/);
-    expect(b.versions.VERSION).not.toBe(a.versions.VERSION);
+    expect(a.versions?.VERSION).toMatch(/^k8slab-\d{8}-\d{6}$/);
+    expect(b.versions?.VERSION).not.toBe(a.versions?.VERSION);
     const makes = await s.fake.callsOf("make");
     expect(makes.filter((c) => c.args[0] === "sd-image").map((c) => c.env.VERSION)).toEqual([
-      a.versions.VERSION,
-      b.versions.VERSION,
+      a.versions?.VERSION,
+      b.versions?.VERSION,
     ]);
   });
 
@@ -325,8 +382,8 @@ describe("build-hypriot-image --kernel-deb", () => {
     });
     expect(port).toBeGreaterThan(0);
     const url = `http://10.0.2.2:${port}/raspberrypi-kernel_20181007-162516_armhf.deb`;
-    expect(result.versions.KERNEL_URL).toBe(url);
-    expect(await readFile(join(s.builder, "versions.config"), "utf8")).toContain(
+    expect(result.versions?.KERNEL_URL).toBe(url);
+    expect(await readFile(result.versionsConfigCopy, "utf8")).toContain(
       `export KERNEL_URL='${url}'`,
     );
     const ssh = (await s.fake.callsOf("vagrant")).find((c) => c.args[0] === "ssh");
@@ -441,28 +498,11 @@ describe("build-hypriot-image preflight", () => {
     expect(await workCalls(s.fake)).toEqual([]);
   });
 
-  it("names a missing vagrant and a missing provider", async () => {
-    const s1 = await setup({ vagrant: undefined });
-    expect((await failures(s1)).message).toMatch(
+  it("names a missing vagrant", async () => {
+    const s = await setup({ vagrant: undefined });
+    expect((await failures(s)).message).toMatch(
       /vagrant: vagrant is not on PATH\n\s+hint: install Vagrant/,
     );
-    const s2 = await setup({ VBoxManage: undefined });
-    const e2 = await failures(s2);
-    expect(e2.failures.map((f) => f.check)).toEqual(["provider"]);
-    expect(e2.message).toMatch(/neither VirtualBox \(VBoxManage\) nor the vagrant-libvirt plugin/);
-  });
-
-  it("accepts vagrant-libvirt instead of VirtualBox", async () => {
-    const s = await setup({
-      VBoxManage: undefined,
-      vagrant: {
-        rules: [
-          ...(programs().vagrant!.rules ?? []).filter((r) => r.args !== "^plugin list$"),
-          { args: "^plugin list$", stdout: "vagrant-libvirt (0.11.2, system)" },
-        ],
-      },
-    });
-    await expect(buildHypriotImage(s.options)).resolves.toMatchObject({ sha256: IMAGE_SHA });
   });
 
   it("reports too little disk space", async () => {
@@ -481,8 +521,7 @@ describe("build-hypriot-image preflight", () => {
     const s = await setup();
     const spaced = join(s.root, "my builds", "image-builder-rpi");
     await mkdir(spaced, { recursive: true });
-    await writeFile(join(spaced, "Makefile"), "");
-    await writeFile(join(spaced, "Vagrantfile"), "");
+    await cp(s.builder, spaced, { recursive: true });
     const error = await failures(s, { builderDir: spaced });
     expect(error.message).toMatch(/contains a space/);
     expect(error.hint).toMatch(/--builder-dir/);
@@ -516,6 +555,143 @@ describe("build-hypriot-image preflight", () => {
     const s = await setup();
     const error = await failure(buildHypriotImage({ ...s.options, builderDir: s.root }));
     expect(error.message).toMatch(/is not an image-builder-rpi checkout/);
+  });
+});
+
+const SSH_CONFIG = [
+  "Host default",
+  "  HostName 192.168.121.34",
+  "  User vagrant",
+  "  Port 22",
+  "  IdentityFile /home/u/image-builder-rpi/.vagrant/machines/default/libvirt/private_key",
+].join("\n");
+
+/** A Vagrant with vagrant-libvirt (no VirtualBox): `vagrant port` is not supported there. */
+function libvirtPrograms(): Record<string, FakeProgram | undefined> {
+  const vagrant = programs().vagrant!;
+  const rules = (vagrant.rules ?? []).filter((r) => !/^\^(port|plugin)/.test(r.args ?? ""));
+  return {
+    VBoxManage: undefined,
+    vagrant: {
+      ...vagrant,
+      rules: [
+        ...rules,
+        { args: "^ssh-config$", stdout: SSH_CONFIG },
+        { args: "^plugin list$", stdout: "vagrant-libvirt (0.11.2, system)" },
+      ],
+    },
+  };
+}
+
+/** This machine as a Linux host with an NFS server (and KVM) for the libvirt builder. */
+async function linuxWithNfs(s: Setup): Promise<BuildHypriotImageOptions["host"]> {
+  const exportfs = join(s.root, "exportfs");
+  await writeFile(exportfs, "");
+  return { platform: "linux", nfsServerPrograms: [exportfs], kvmDevice: exportfs };
+}
+
+describe("build-hypriot-image: the builder VM's provider", () => {
+  it("without VirtualBox, on Linux: every vagrant command reads k8slab's override, Docker is at the VM's address, the checkout is untouched", async () => {
+    const s = await setup(libvirtPrograms());
+    const result = await buildHypriotImage({ ...s.options, host: await linuxWithNfs(s) });
+    expect(result.provider).toBe("libvirt");
+    const override = join(s.state, "Vagrantfile");
+    const calls = await workCalls(s.fake);
+    expect(calls.map((c) => [c.program, ...c.args].join(" "))).toEqual([
+      "vagrant up",
+      "vagrant ssh-config",
+      "docker info --format {{.OperatingSystem}}",
+      "make sd-image",
+    ]);
+    for (const c of calls.filter((c) => c.program === "vagrant")) {
+      expect(c.env.VAGRANT_VAGRANTFILE).toBe(override);
+      expect(c.cwd).toBe(s.builder);
+    }
+    for (const c of calls.filter((c) => c.program !== "vagrant")) {
+      expect(c.env.DOCKER_HOST).toBe("tcp://192.168.121.34:2375");
+    }
+    const text = await readFile(override, "utf8");
+    expect(text).toContain(`checkout = ${JSON.stringify(s.builder)}`);
+    expect(text).toContain('load File.join(checkout, "Vagrantfile")');
+    expect(text).toContain('config.vm.box = "generic/ubuntu1604"');
+    expect(await gitStatus(s.builder)).toBe("");
+  });
+
+  it("under libvirt the kernel server is advertised at the host's address on the management network", async () => {
+    const s = await setup(libvirtPrograms());
+    const deb = join(s.root, "k.deb");
+    await writeFile(deb, "kernel");
+    const result = await buildHypriotImage({
+      ...s.options,
+      host: await linuxWithNfs(s),
+      kernelDeb: deb,
+      dryRun: true,
+    });
+    expect(result.kernel?.url).toBe("http://192.168.121.1:8081/k.deb");
+    expect(result.plan.map((p) => p.command)).toContain(
+      `VAGRANT_VAGRANTFILE=${join(s.state, "Vagrantfile")} vagrant ssh -c 'curl -fsSI --max-time 30 -o /dev/null '\\''http://192.168.121.1:8081/k.deb'\\'''`,
+    );
+  });
+
+  it("with VirtualBox, upstream's Vagrantfile is used as it is", async () => {
+    const s = await setup();
+    const result = await buildHypriotImage({ ...s.options, dryRun: true });
+    expect(result.provider).toBe("virtualbox");
+    expect(result.vagrantOverride).toBeUndefined();
+    expect(result.plan.every((p) => p.env.VAGRANT_VAGRANTFILE === undefined)).toBe(true);
+  });
+
+  it("neither VirtualBox nor vagrant-libvirt: stops before the VM starts, saying why VirtualBox", async () => {
+    const s = await setup({ VBoxManage: undefined });
+    const error = (await buildHypriotImage(s.options).catch((e: unknown) => e)) as PreflightError;
+    expect(error).toBeInstanceOf(PreflightError);
+    expect(error.failures.map((f) => f.check)).toEqual(["provider"]);
+    expect(error.message).toMatch(
+      /neither VirtualBox \(VBoxManage\) nor the vagrant-libvirt plugin was found, and the builder's Vagrantfile chooses VirtualBox and the box ubuntu\/xenial64, which exists only for VirtualBox/,
+    );
+    expect(error.hint).toMatch(/vagrant-libvirt/);
+    expect(await workCalls(s.fake)).toEqual([]);
+  });
+
+  it("libvirt without an NFS server: says what to install, before the VM starts", async () => {
+    const s = await setup(libvirtPrograms());
+    const error = (await buildHypriotImage(s.options).catch((e: unknown) => e)) as PreflightError;
+    expect(error).toBeInstanceOf(PreflightError);
+    expect(error.failures.map((f) => f.check)).toEqual(["NFS server"]);
+    expect(error.hint).toMatch(/nfs-kernel-server/);
+    expect(await workCalls(s.fake)).toEqual([]);
+  });
+
+  it("not on Linux, VirtualBox is the only way", async () => {
+    const s = await setup(libvirtPrograms());
+    const error = (await buildHypriotImage({
+      ...s.options,
+      host: { ...(await linuxWithNfs(s)), platform: "darwin" },
+    }).catch((e: unknown) => e)) as PreflightError;
+    expect(error).toBeInstanceOf(PreflightError);
+    expect(error.message).toMatch(/the builder runs under libvirt only on Linux/);
+    expect(error.hint).toBe("install VirtualBox");
+  });
+
+  it("keeps the provider the builder VM was created with, and refuses another", async () => {
+    const s = await setup(libvirtPrograms());
+    const machine = join(s.builder, ".vagrant", "machines", "default", "libvirt");
+    await mkdir(machine, { recursive: true });
+    await writeFile(join(machine, "id"), "uuid");
+    const host = await linuxWithNfs(s);
+    const dry = await buildHypriotImage({ ...s.options, host, dryRun: true });
+    expect(dry.provider).toBe("libvirt");
+    expect(dry.providerReason).toBe("the builder VM was created with libvirt");
+    const error = (await buildHypriotImage({ ...s.options, host, provider: "virtualbox" }).catch(
+      (e: unknown) => e,
+    )) as PreflightError;
+    expect(error.message).toMatch(/was created with libvirt, not virtualbox/);
+  });
+
+  it("finds the VM's address in vagrant ssh-config", () => {
+    expect(parseSshConfigHost(SSH_CONFIG)).toBe("192.168.121.34");
+    expect(parseSshConfigHost("Host default\n  User vagrant\n")).toBeUndefined();
+    expect(parseSshConfigHost("  HostName 1.2.3.4; reboot\n")).toBeUndefined();
   });
 });
 
@@ -558,8 +734,22 @@ function runBuildCommand(args: string[], cwd: string, env: NodeJS.ProcessEnv) {
   return cli(["build-hypriot-image", ...args], { cwd, env });
 }
 
+/** `k8slab build-hypriot-image --builder-dir <checkout> --dry-run --json`, parsed. */
+async function dryRunJson(s: Setup): Promise<unknown> {
+  const r = await runBuildCommand(
+    ["--builder-dir", s.builder, "--dry-run", "--json"],
+    s.root,
+    s.options.env,
+  );
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as unknown;
+}
+
 describe("k8slab build-hypriot-image --dry-run", () => {
-  it("writes versions.config and prints every command in order with its environment, running nothing", async () => {
+  /** What a dry run may run: the provider probes, nothing that changes anything. */
+  const PROBES = ["VBoxManage --version"];
+
+  it("writes nothing (git status of the checkout stays clean, k8slab's directory is not created) and prints every command with its environment", async () => {
     const s = await setup();
     const deb = join(s.root, "raspberrypi-kernel_20181007-162516_armhf.deb");
     await writeFile(deb, "kernel");
@@ -569,7 +759,9 @@ describe("k8slab build-hypriot-image --dry-run", () => {
       s.options.env,
     );
     expect(r.code, r.stderr).toBe(0);
-    expect(await s.fake.calls()).toEqual([]);
+    expect((await s.fake.calls()).map((c) => [c.program, ...c.args].join(" "))).toEqual(PROBES);
+    expect(await gitStatus(s.builder)).toBe("");
+    await expect(readdir(s.state)).rejects.toThrow(/ENOENT/);
     const lines = r.stdout.split("\n");
     const commands = lines
       .filter((l) => /^ {5}cd /.test(l))
@@ -581,30 +773,80 @@ describe("k8slab build-hypriot-image --dry-run", () => {
       "env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH -u DOCKER_CONTEXT DOCKER_HOST='tcp://127.0.0.1:<port from vagrant port>' docker info --format '{{.OperatingSystem}}'",
       "env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH -u DOCKER_CONTEXT DOCKER_HOST='tcp://127.0.0.1:<port from vagrant port>' VERSION=v-dry make sd-image",
     ]);
-    expect(r.stderr).toContain("dry run: nothing was run");
-    const config = await readFile(join(s.builder, "versions.config"), "utf8");
-    expect(config).toContain(
-      "export KERNEL_URL='http://10.0.2.2:8081/raspberrypi-kernel_20181007-162516_armhf.deb'",
+    expect(r.stderr).toContain("dry run: nothing was written or built");
+    expect(r.stdout).toMatch(
+      /^checkout: .*: builds stretch images with a raspberrypi-kernel pinned by KERNEL_BUILD, Docker from the edge channel \(hard-coded\), eth0 by dhcpcd$/m,
     );
-    expect(config).toContain("VERSION='v-dry'");
+    expect(r.stdout).toMatch(/^warning: KERNEL_VERSION: KERNEL_VERSION=4\.14\.34 has no effect/m);
+    // The versions.config it would write, as bash would read it.
+    const after = lines.slice(
+      lines.findIndex((l) => /^would write .*versions\.config/.test(l)) + 1,
+    );
+    const text = after
+      .slice(
+        0,
+        after.findIndex((l) => !l.startsWith("  ")),
+      )
+      .map((l) => l.slice(2))
+      .join("\n");
+    const file = join(s.root, "shown.config");
+    await writeFile(file, text);
     const { stdout } = await execa("bash", [
       "-uc",
-      'source "$1"; printf %s "$KERNEL_URL"',
+      'source "$1"; printf "%s %s %s" "$KERNEL_URL" "$VERSION" "$HYPRIOT_OS_VERSION"',
       "bash",
-      join(s.builder, "versions.config"),
+      file,
     ]);
-    expect(stdout).toBe("http://10.0.2.2:8081/raspberrypi-kernel_20181007-162516_armhf.deb");
+    expect(stdout).toBe(
+      "http://10.0.2.2:8081/raspberrypi-kernel_20181007-162516_armhf.deb v-dry v2.0.1",
+    );
+  });
+
+  it("on a checkout of master: master's own values, and nothing the checkout would not read", async () => {
+    const s = await setup({}, "master");
+    const out = (await dryRunJson(s)) as {
+      versions: Record<string, string>;
+      warnings: string[];
+      checkout: { distribution: string; kernel: string; network: string };
+    };
+    expect(out.checkout).toMatchObject({
+      distribution: "buster",
+      kernel: "newest",
+      network: "network-config",
+    });
+    expect(out.versions).toEqual({
+      HYPRIOT_OS_VERSION: "v2.2.1",
+      ROOTFS_TAR_CHECKSUM: "bbd035543c8cf0fd874a9723e6c174d939f7e528e3aeb954b5affeec89671583",
+      RAW_IMAGE: "rpi-raw.img",
+      RAW_IMAGE_VERSION: "v0.3.2",
+      RAW_IMAGE_CHECKSUM: "cd66db11608f910b7b18f0e1d5f7943f10d54bacc1fa1dcc526a442a115c4a5a",
+      DOCKER_CE_CHANNEL: "stable",
+      DOCKER_CE_VERSION: "5:19.03.12~3-0~raspbian-buster",
+      DOCKER_COMPOSE_VERSION: "1.26.1",
+      DOCKER_MACHINE_VERSION: "0.16.2",
+      VERSION: expect.stringMatching(/^k8slab-\d{8}-\d{6}$/),
+    });
+    expect(out.warnings).toEqual([]);
+    expect(await gitStatus(s.builder)).toBe("");
+  });
+
+  it("the seed's values on a checkout of master: refused with the reason, before anything runs", async () => {
+    const s = await setup({}, "master");
+    const r = await runBuildCommand(
+      ["--builder-dir", s.builder, "--config", "seed-002", "--dry-run"],
+      s.root,
+      s.options.env,
+    );
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(
+      /HYPRIOT_OS_VERSION: v2\.0\.1 is a stretch root file system, but this checkout installs packages for buster/,
+    );
+    expect(await s.fake.calls()).toEqual([]);
   });
 
   it("prints the plan as JSON with --json", async () => {
     const s = await setup();
-    const r = await runBuildCommand(
-      ["--builder-dir", s.builder, "--dry-run", "--json"],
-      s.root,
-      s.options.env,
-    );
-    expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout) as {
+    const out = (await dryRunJson(s)) as {
       dryRun: boolean;
       plan: { file: string; args: string[]; env: Record<string, string>; unsetEnv: string[] }[];
       versions: { VERSION: string };
@@ -619,10 +861,10 @@ describe("k8slab build-hypriot-image --dry-run", () => {
     ]);
     expect(out.plan[3]!.unsetEnv).toContain("DOCKER_TLS_VERIFY");
     expect(out.plan[3]!.env).toMatchObject({ VERSION: out.versions.VERSION });
-    expect(await s.fake.calls()).toEqual([]);
+    expect((await s.fake.calls()).map((c) => c.program)).toEqual(["VBoxManage"]);
   });
 
-  it("exits 2 with file:line for a bad --config", async () => {
+  it("exits 2 with file:line for a bad --config, and writes nothing", async () => {
     const s = await setup();
     await writeFile(
       join(s.root, "versions.yaml"),
@@ -635,8 +877,98 @@ describe("k8slab build-hypriot-image --dry-run", () => {
     );
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/versions\.yaml:2:\d+ RAW_IMAGE_CHECKSUM: must be a sha256 checksum/);
-    expect(await readFile(join(s.builder, "versions.config"), "utf8")).toBe(
-      'HYPRIOT_OS_VERSION="v2.2.1"\n',
+    expect(await gitStatus(s.builder)).toBe("");
+  });
+
+  it("after a build that was killed, reads the checkout's saved versions.config and a build puts it back", async () => {
+    const s = await setup();
+    const original = await readFile(join(s.builder, "versions.config"), "utf8");
+    // What a killed build leaves: k8slab's versions.config in the checkout, the original saved.
+    await mkdir(s.state, { recursive: true });
+    await writeFile(join(s.state, "versions.config.orig"), original);
+    await writeFile(
+      join(s.builder, "versions.config"),
+      "# versions.config written by k8slab build-hypriot-image; builder/build.sh sources it with bash.\nHYPRIOT_OS_VERSION='v2.2.1'\n",
     );
+    const dry = await buildHypriotImage({ ...s.options, dryRun: true });
+    expect(dry.versions?.HYPRIOT_OS_VERSION).toBe("v2.0.1");
+    await buildHypriotImage(s.options);
+    expect(await readFile(join(s.builder, "versions.config"), "utf8")).toBe(original);
+    expect(await gitStatus(s.builder)).toBe("");
+    await expect(readFile(join(s.state, "versions.config.orig"))).rejects.toThrow(/ENOENT/);
   });
 });
+
+/** Real Vagrant with vagrant-libvirt, for the override against a checkout's Vagrantfile. */
+async function realVagrantLibvirt(): Promise<{ ok: boolean; reason: string }> {
+  if (!(await findTool("vagrant"))) return { ok: false, reason: "vagrant is not installed" };
+  const list = await execa("vagrant", ["plugin", "list"], {
+    reject: false,
+    timeout: 120_000,
+    env: { VAGRANT_CHECKPOINT_DISABLE: "1" },
+  });
+  return String(list.stdout).includes("vagrant-libvirt")
+    ? { ok: true, reason: "" }
+    : { ok: false, reason: "the vagrant-libvirt plugin is not installed" };
+}
+const realVagrant = await realVagrantLibvirt();
+
+describe.skipIf(!realVagrant.ok)(
+  `the libvirt override read by the real vagrant${realVagrant.ok ? "" : ` (skipped: ${realVagrant.reason})`}`,
+  () => {
+    /** vagrant in the checkout, with a private VAGRANT_HOME and no VirtualBox on PATH. */
+    async function vagrant(dir: string, args: string[], env: Record<string, string> = {}) {
+      const home = join(dir, "..", "vagrant.d");
+      const result = await execa("vagrant", args, {
+        cwd: dir,
+        reject: false,
+        all: true,
+        timeout: 180_000,
+        env: { VAGRANT_HOME: home, VAGRANT_CHECKPOINT_DISABLE: "1", ...env },
+      });
+      return { exitCode: result.exitCode, output: String(result.all ?? "") };
+    }
+
+    async function withOverride(generation: Generation) {
+      const root = await tmp();
+      const dir = await checkout(root, generation);
+      const vm = builderVm("libvirt", dir, join(root, "state"), "qemu");
+      await mkdir(join(root, "state"));
+      await writeFile(vm.override!.path, vm.override!.text);
+      return { root, dir, env: vm.env };
+    }
+
+    it.each(["v1.9.0", "master"] as const)(
+      "%s: the builder's Vagrantfile alone asks for VirtualBox; with k8slab's override the machine is libvirt's",
+      async (generation) => {
+        const { dir, env } = await withOverride(generation);
+        const own = await vagrant(dir, ["status", "--machine-readable"]);
+        // VirtualBox is forced: without it, the build the issue saw fails like this.
+        expect(own.output).toMatch(/provider-name,virtualbox|could not detect VirtualBox/);
+        const ours = await vagrant(dir, ["status", "--machine-readable"], env);
+        expect(ours.output, ours.output).toMatch(/^\d+,default,provider-name,libvirt$/m);
+        expect(ours.output).toMatch(/^\d+,default,state,not_created$/m);
+        expect(await gitStatus(dir)).toBe("");
+      },
+      400_000,
+    );
+
+    it("vagrant validate accepts the merged configuration (NFS server presence stubbed: a kernel feature)", async () => {
+      const { root, dir, env } = await withOverride("master");
+      // Vagrant asks the host whether it can serve NFS (modinfo nfsd, or systemctl's unit list);
+      // this machine may have no NFS server module, so both answer yes.
+      const bin = join(root, "bin");
+      await mkdir(bin);
+      await writeFile(join(bin, "modinfo"), "#!/bin/sh\nexit 0\n");
+      await writeFile(join(bin, "systemctl"), "#!/bin/sh\necho nfs-server.service enabled\n");
+      await chmod(join(bin, "modinfo"), 0o755);
+      await chmod(join(bin, "systemctl"), 0o755);
+      const result = await vagrant(dir, ["validate"], {
+        ...env,
+        PATH: `${bin}:${process.env.PATH ?? ""}`,
+      });
+      expect(result.output, result.output).toContain("Vagrantfile validated successfully");
+      expect(result.exitCode).toBe(0);
+    }, 200_000);
+  },
+);

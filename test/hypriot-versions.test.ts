@@ -1,41 +1,44 @@
-import { describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { K8slabError } from "../src/errors.js";
+import {
+  inspectCheckout,
+  parseVersionsConfigText,
+  VERSION_KEYS,
+  type BuilderCheckout,
+} from "../src/hypriot/builder-checkout.js";
 import {
   checkVersions,
   defaultImageVersion,
   EXPORTED,
   loadVersionsFile,
   renderVersionsConfig,
-  seedVersions,
+  versionsProblems,
   type VersionsConfig,
+  type VersionValues,
 } from "../src/hypriot/versions-config.js";
+import { fixtureCheckout, type Generation } from "./fixtures/hypriot/checkout.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
 
-const NAMES = [
-  "HYPRIOT_OS_VERSION",
-  "ROOTFS_TAR_CHECKSUM",
-  "RAW_IMAGE",
-  "RAW_IMAGE_VERSION",
-  "RAW_IMAGE_CHECKSUM",
-  "KERNEL_BUILD",
-  "KERNEL_URL",
-  "KERNEL_VERSION",
-  "DOCKER_CE_CHANNEL",
-  "DOCKER_CE_VERSION",
-  "DOCKER_COMPOSE_VERSION",
-  "DOCKER_MACHINE_VERSION",
-  "VERSION",
-] as const;
+/** Seed 002's versions, from the built-in --config seed-002. */
+let SEED: VersionValues;
+beforeAll(async () => {
+  SEED = await loadVersionsFile("seed-002", import.meta.dirname);
+});
+const seedVersions = (): Record<string, string | undefined> => ({ ...SEED });
 
+const NAMES = VERSION_KEYS;
+
+/** Every key set. */
 function full(): VersionsConfig {
   return {
     ...checkVersions({
       ...seedVersions(),
+      DOCKER_CE_CHANNEL: "stable",
       KERNEL_URL: "http://10.0.2.2:8081/raspberrypi-kernel_20181007-162516_armhf.deb",
     }),
     VERSION: "k8slab-20240102-030405",
@@ -81,9 +84,7 @@ describe("versions.config", () => {
     const dir = await tmp();
     const file = join(dir, "versions.config");
     await writeFile(file, renderVersionsConfig(full()));
-    expect(await exportedToChild(file)).toEqual(
-      NAMES.filter((n) => (EXPORTED as readonly string[]).includes(n)),
-    );
+    expect(await exportedToChild(file)).toEqual(NAMES.filter((n) => EXPORTED.includes(n)));
     expect(EXPORTED).toContain("KERNEL_BUILD");
     expect(EXPORTED).toContain("DOCKER_CE_VERSION");
   });
@@ -101,18 +102,40 @@ describe("versions.config", () => {
     expect(got.DOCKER_CE_VERSION).toBe("18.06.1~ce~3-0~raspbian");
   });
 
-  it("defaults to the seed's versions", () => {
-    const v = checkVersions(seedVersions());
-    expect(v).toMatchObject({
+  it("--config seed-002 gives the seed's versions (and no Docker channel: v1.9.0 does not read one)", () => {
+    expect(SEED).toEqual({
       HYPRIOT_OS_VERSION: "v2.0.1",
+      ROOTFS_TAR_CHECKSUM: "d1e7e6d48a25b4a206c5df99ecb8815388ec6945e4f97e78413d5a80778d4137",
       RAW_IMAGE: "rpi-raw.img",
       RAW_IMAGE_VERSION: "v0.2.2",
+      RAW_IMAGE_CHECKSUM: "2fbeb13b7b0f2308dbd0d82780b54c33003ad43d145ff08498b25fb8bbe1c2c6",
       KERNEL_BUILD: "20180422-141901",
+      KERNEL_VERSION: "4.14.34",
+      DOCKER_CE_VERSION: "18.06.1~ce~3-0~raspbian",
       DOCKER_COMPOSE_VERSION: "1.22.0",
       DOCKER_MACHINE_VERSION: "0.15.0",
-      DOCKER_CE_CHANNEL: "stable",
     });
   });
+
+  it.each([
+    ["v1.10.0", "1.20190215-1"],
+    ["v1.11.5 and v1.12.0", "1.20190925+1-1"],
+    ["up to v1.9.0", "20180422-141901"],
+  ])(
+    "accepts upstream's own KERNEL_BUILD of %s (%s) and writes it so that bash reads it back",
+    async (_tag, build) => {
+      const dir = await tmp();
+      await writeFile(join(dir, "v.yaml"), `KERNEL_BUILD: "${build}"\n`);
+      const v = await loadVersionsFile("v.yaml", dir);
+      expect(v.KERNEL_BUILD).toBe(build);
+      const file = join(dir, "versions.config");
+      await writeFile(
+        file,
+        renderVersionsConfig({ ...checkVersions({ ...SEED, ...v }), VERSION: "x" }),
+      );
+      expect((await sourced(file)).KERNEL_BUILD).toBe(build);
+    },
+  );
 
   it("makes a new VERSION for every build", () => {
     const a = defaultImageVersion(new Date(Date.UTC(2024, 0, 2, 3, 4, 5)));
@@ -165,25 +188,25 @@ describe("versions.config", () => {
       }).KERNEL_URL,
     ).toBe("https://example.org/a/raspberrypi-kernel_1_armhf.deb");
   });
-
-  it("requires KERNEL_BUILD or KERNEL_URL", () => {
-    const rest = seedVersions();
-    delete rest.KERNEL_BUILD;
-    expect(() => checkVersions(rest)).toThrow(/KERNEL_BUILD .* or KERNEL_URL/);
-  });
 });
 
 describe("--config FILE", () => {
-  it("takes the file's values over the seed's", async () => {
+  it("holds only the keys the file sets (the checkout's own values fill in the rest)", async () => {
     const dir = await tmp();
     await writeFile(
       join(dir, "v.yaml"),
       "KERNEL_BUILD: 20181007-162516\nKERNEL_VERSION: 4.14.70\n",
     );
-    const v = await loadVersionsFile("v.yaml", dir);
-    expect(v.KERNEL_BUILD).toBe("20181007-162516");
-    expect(v.KERNEL_VERSION).toBe("4.14.70");
-    expect(v.HYPRIOT_OS_VERSION).toBe("v2.0.1");
+    expect(await loadVersionsFile("v.yaml", dir)).toEqual({
+      KERNEL_BUILD: "20181007-162516",
+      KERNEL_VERSION: "4.14.70",
+    });
+  });
+
+  it("says which built-in files exist for an unknown name", async () => {
+    await expect(loadVersionsFile("seed-003", await tmp())).rejects.toThrow(
+      /no versions file seed-003/,
+    );
   });
 
   it("names each bad value with its file, line, column and key", async () => {
@@ -217,6 +240,141 @@ describe("--config FILE", () => {
   it("says when the file is missing", async () => {
     await expect(loadVersionsFile("nope.yaml", await tmp())).rejects.toThrow(
       /cannot read nope\.yaml/,
+    );
+  });
+});
+
+describe("the checkout's generation (fixture checkouts in the shape of v1.9.0 and master)", () => {
+  const inspect = async (generation: Generation) =>
+    inspectCheckout(await fixtureCheckout(join(await tmp(), "image-builder-rpi"), generation));
+  const v190 = () => inspect("v1.9.0");
+  const master = () => inspect("master");
+  const own = (c: BuilderCheckout): VersionsConfig => ({
+    ...checkVersions(c.values),
+    VERSION: "k8slab-1",
+  });
+  const lines = (c: BuilderCheckout, v: VersionsConfig) =>
+    versionsProblems(v, c).map((p) => `${p.severity} ${p.path}: ${p.message}`);
+
+  it("v1.9.0: stretch, the kernel pinned by KERNEL_BUILD, Docker's channel fixed to edge, dhcpcd", async () => {
+    const c = await v190();
+    expect(c).toMatchObject({
+      distribution: "stretch",
+      dockerDistribution: "stretch",
+      fixedDockerChannel: "edge",
+      kernel: "pinned",
+      network: "dhcpcd",
+    });
+    expect(c.reads).toContain("KERNEL_BUILD");
+    expect(c.reads).not.toContain("DOCKER_CE_CHANNEL");
+    expect(c.reads).not.toContain("KERNEL_VERSION");
+    expect(c.values).toMatchObject({
+      HYPRIOT_OS_VERSION: "v2.0.1",
+      KERNEL_BUILD: "20180422-141901",
+      DOCKER_CE_VERSION: "18.04.0~ce~3-0~raspbian",
+    });
+  });
+
+  it("master: buster, the newest kernel (KERNEL_BUILD unread), DOCKER_CE_CHANNEL read, network-config", async () => {
+    const c = await master();
+    expect(c).toMatchObject({
+      distribution: "buster",
+      dockerDistribution: "buster",
+      kernel: "newest",
+      network: "network-config",
+    });
+    expect(c.fixedDockerChannel).toBeUndefined();
+    expect(c.reads).toContain("DOCKER_CE_CHANNEL");
+    expect(c.reads).not.toContain("KERNEL_BUILD");
+    expect(c.values).toMatchObject({
+      HYPRIOT_OS_VERSION: "v2.2.1",
+      DOCKER_CE_CHANNEL: "stable",
+      DOCKER_CE_VERSION: "5:19.03.12~3-0~raspbian-buster",
+    });
+    expect(c.values.KERNEL_BUILD).toBeUndefined();
+  });
+
+  it("each checkout's own values build; only v1.9.0's KERNEL_VERSION is read by no script", async () => {
+    const a = await v190();
+    expect(lines(a, own(a))).toEqual([
+      "warning KERNEL_VERSION: KERNEL_VERSION=4.14.34 has no effect: neither builder/build.sh nor builder/chroot-script.sh of this checkout reads it",
+    ]);
+    const b = await master();
+    expect(lines(b, own(b))).toEqual([]);
+  });
+
+  it("the seed's v1.9.0-era values on master: a stretch root file system is an error, every unread value a warning", async () => {
+    const c = await master();
+    const got = lines(c, { ...checkVersions({ ...c.values, ...SEED }), VERSION: "k8slab-1" });
+    expect(got).toEqual([
+      expect.stringMatching(/^warning KERNEL_BUILD: .*never reads KERNEL_BUILD/),
+      expect.stringMatching(/^warning KERNEL_VERSION: /),
+      "error HYPRIOT_OS_VERSION: v2.0.1 is a stretch root file system, but this checkout installs packages for buster",
+      expect.stringMatching(
+        /^warning DOCKER_CE_VERSION: 18\.06\.1~ce~3-0~raspbian names no distribution, but the packages of raspbian buster do/,
+      ),
+    ]);
+  });
+
+  it("DOCKER_CE_CHANNEL on v1.9.0 has no effect: its chroot script hard-codes edge", async () => {
+    const c = await v190();
+    expect(lines(c, { ...own(c), DOCKER_CE_CHANNEL: "stable" })).toContain(
+      "warning DOCKER_CE_CHANNEL: DOCKER_CE_CHANNEL=stable has no effect: this checkout installs Docker from the edge channel, hard-coded in builder/chroot-script.sh",
+    );
+  });
+
+  it("refuses a docker-ce package of another distribution, and a variable the checkout reads but nobody set", async () => {
+    const c = await master();
+    const v = own(c);
+    delete v.DOCKER_CE_CHANNEL;
+    expect(
+      lines(c, { ...v, DOCKER_CE_VERSION: "5:19.03.0~3-0~raspbian-stretch" }).filter((l) =>
+        l.startsWith("error"),
+      ),
+    ).toEqual([
+      "error DOCKER_CE_CHANNEL: this checkout reads DOCKER_CE_CHANNEL, but it has no value",
+      "error DOCKER_CE_VERSION: 5:19.03.0~3-0~raspbian-stretch is a package for stretch, but this checkout installs Docker from raspbian buster",
+    ]);
+  });
+
+  it("a pinned-kernel checkout needs KERNEL_BUILD or KERNEL_URL", async () => {
+    const c = await v190();
+    const v = own(c);
+    delete v.KERNEL_BUILD;
+    expect(lines(c, v).filter((l) => l.startsWith("error"))).toEqual([
+      expect.stringMatching(/^error KERNEL_BUILD: .*set one of them/),
+    ]);
+    expect(
+      lines(c, { ...v, KERNEL_URL: "http://10.0.2.2:8081/k.deb" }).filter((l) =>
+        l.startsWith("error"),
+      ),
+    ).toEqual([]);
+  });
+
+  it("reads versions.config without running it, and refuses what it cannot rewrite", () => {
+    expect(
+      parseVersionsConfigText(
+        [
+          "# comment",
+          'HYPRIOT_OS_VERSION="v2.2.1"',
+          'export DOCKER_CE_CHANNEL="stable" # stable, test or edge',
+          "RAW_IMAGE='rpi-raw.img'",
+          "export DOCKER_COMPOSE_VERSION=1.26.1",
+          "",
+        ].join("\n"),
+      ),
+    ).toEqual({
+      HYPRIOT_OS_VERSION: "v2.2.1",
+      DOCKER_CE_CHANNEL: "stable",
+      RAW_IMAGE: "rpi-raw.img",
+      DOCKER_COMPOSE_VERSION: "1.26.1",
+    });
+    expect(() => parseVersionsConfigText('HYPRIOT_OS_VERSION="$(curl x)"')).toThrow(
+      /versions\.config:1: k8slab cannot read this line/,
+    );
+    expect(() => parseVersionsConfigText("source other.config")).toThrow(/cannot read/);
+    expect(() => parseVersionsConfigText('DEVICE_INIT_VERSION="0.1.1"')).toThrow(
+      /DEVICE_INIT_VERSION is not a versions\.config variable k8slab knows/,
     );
   });
 });

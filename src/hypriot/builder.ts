@@ -1,15 +1,17 @@
-import { homedir } from "node:os";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { basename, join } from "node:path";
+import { cacheDir } from "../artifacts/cache.js";
 import { CommandFailedError, K8slabError } from "../errors.js";
 import { formatCommand, type RunOptions, type Runner } from "../util/exec.js";
 import { shellQuote, singleQuote } from "../util/quote.js";
+import type { BuilderVm } from "./builder-vm.js";
+import { IMAGE_BUILDER_REPO } from "./releases.js";
 
 /**
  * The one module that runs vagrant, make, docker and git for the Hypriot image builder. Every
  * command is first described as a Step, so `--dry-run` prints exactly what a real run executes.
  */
 
-export const IMAGE_BUILDER_REPO = "https://github.com/hypriot/image-builder-rpi";
 /** The release the seed's versions.config fits (rootfs v2.0.1, raw image v0.2.2, Docker 18.06). */
 export const IMAGE_BUILDER_REF = "v1.9.0";
 /** The builder VM's Docker port inside the guest; Vagrant may forward it to another host port. */
@@ -49,11 +51,17 @@ export interface BuilderRunContext {
 
 /** Where the builder checkout lives when --builder-dir is not given. */
 export function defaultBuilderDir(env: NodeJS.ProcessEnv): string {
-  const cache =
-    env.XDG_CACHE_HOME && env.XDG_CACHE_HOME.startsWith("/")
-      ? env.XDG_CACHE_HOME
-      : join(env.HOME || homedir(), ".cache");
-  return join(cache, "k8slab", "image-builder-rpi");
+  return join(cacheDir(env), "image-builder-rpi");
+}
+
+/**
+ * k8slab's own directory for one checkout, outside it (the checkout is the Docker build context):
+ * build logs, the Vagrantfile override for libvirt, the checkout's versions.config while a build
+ * has replaced it, and a copy of the last versions.config k8slab wrote.
+ */
+export function builderStateDir(env: NodeJS.ProcessEnv, builderDir: string): string {
+  const id = createHash("sha256").update(builderDir).digest("hex").slice(0, 10);
+  return join(cacheDir(env), "hypriot", `${basename(builderDir)}-${id}`);
 }
 
 function step(
@@ -88,23 +96,37 @@ export const steps = {
       STEP_TIMEOUTS_MS.clone,
       { GIT_TERMINAL_PROMPT: "0" },
     ),
-  up: (dir: string): Step =>
-    step("start the builder VM", "vagrant", ["up"], dir, STEP_TIMEOUTS_MS.up),
-  port: (dir: string): Step =>
-    step(
-      "ask Vagrant where the VM's Docker port is forwarded",
-      "vagrant",
-      ["port", "--guest", String(GUEST_DOCKER_PORT), "--machine-readable"],
-      dir,
-      STEP_TIMEOUTS_MS.port,
-    ),
-  checkUrl: (dir: string, url: string): Step =>
+  up: (dir: string, vm: BuilderVm): Step =>
+    step("start the builder VM", "vagrant", ["up"], dir, STEP_TIMEOUTS_MS.up, vm.env),
+  /** Where the VM's Docker answers: a forwarded port (VirtualBox) or the VM's address (libvirt). */
+  endpoint: (dir: string, vm: BuilderVm): Step =>
+    vm.provider === "virtualbox"
+      ? step(
+          "ask Vagrant where the VM's Docker port is forwarded",
+          "vagrant",
+          ["port", "--guest", String(GUEST_DOCKER_PORT), "--machine-readable"],
+          dir,
+          STEP_TIMEOUTS_MS.port,
+          vm.env,
+        )
+      : // vagrant-libvirt cannot list forwarded ports (`vagrant port` fails); the host reaches
+        // the VM directly on the management network.
+        step(
+          "ask Vagrant for the VM's address",
+          "vagrant",
+          ["ssh-config"],
+          dir,
+          STEP_TIMEOUTS_MS.port,
+          vm.env,
+        ),
+  checkUrl: (dir: string, vm: BuilderVm, url: string): Step =>
     step(
       "check that the VM can download the kernel",
       "vagrant",
       ["ssh", "-c", `curl -fsSI --max-time 30 -o /dev/null ${singleQuote(url)}`],
       dir,
       STEP_TIMEOUTS_MS.ssh,
+      vm.env,
     ),
   dockerInfo: (dir: string, dockerHost: string): Step =>
     step(
@@ -132,6 +154,15 @@ export const steps = {
   plugins: (cwd: string): Step =>
     step("vagrant plugin list", "vagrant", ["plugin", "list"], cwd, STEP_TIMEOUTS_MS.version),
 };
+
+/** A vagrant command for the builder VM as a user would type it (with the libvirt override). */
+export function vagrantCommand(
+  dir: string,
+  env: Record<string, string>,
+  ...args: string[]
+): string {
+  return `cd ${dir} && ${describeStep(step("", "vagrant", args, dir, 0, env))}`;
+}
 
 /** The step as a user would type it: `cd DIR && env -u X A=b cmd args`. */
 export function describeStep(s: Step): string {
@@ -232,29 +263,49 @@ function validPort(n: number): number | undefined {
   return Number.isInteger(n) && n > 0 && n < 65536 ? n : undefined;
 }
 
-export async function dockerPort(
+/** `HostName 192.168.121.34` from `vagrant ssh-config`. */
+export function parseSshConfigHost(stdout: string): string | undefined {
+  const host = /^\s*HostName\s+(\S+)\s*$/m.exec(stdout)?.[1];
+  return host && /^[A-Za-z0-9.:-]{1,253}$/.test(host) ? host : undefined;
+}
+
+/** The DOCKER_HOST of the builder VM's Docker engine. */
+export async function dockerEndpoint(
   ctx: BuilderRunContext,
   dir: string,
+  vm: BuilderVm,
   log?: (line: string) => void,
-): Promise<number> {
-  const s = steps.port(dir);
+): Promise<string> {
+  const s = steps.endpoint(dir, vm);
   const out = await runStep(ctx, s, log);
+  const shown = out.trim() || "(no output)";
+  const again = vagrantCommand(dir, vm.env, ...s.args);
+  if (vm.provider === "libvirt") {
+    const host = parseSshConfigHost(out);
+    if (host === undefined) {
+      throw new K8slabError(`vagrant ssh-config named no HostName for the builder VM:\n${shown}`, {
+        hint: `is the VM running? ${again}`,
+      });
+    }
+    return `tcp://${host}:${GUEST_DOCKER_PORT}`;
+  }
   const port = parseVagrantPort(out);
   if (port === undefined) {
     throw new K8slabError(
-      `vagrant port did not say where guest port ${GUEST_DOCKER_PORT} is forwarded:\n${out.trim() || "(no output)"}`,
+      `vagrant port did not say where guest port ${GUEST_DOCKER_PORT} is forwarded:\n${shown}`,
       {
-        hint: `check the builder's Vagrantfile forwards guest port ${GUEST_DOCKER_PORT}, then: cd ${dir} && vagrant port`,
+        hint: `check the builder's Vagrantfile forwards guest port ${GUEST_DOCKER_PORT}, then: ${again}`,
       },
     );
   }
-  return port;
+  return `tcp://127.0.0.1:${port}`;
 }
 
 /** The operating system the Docker engine at dockerHost runs on (`docker info`). */
 export async function dockerOs(
   ctx: BuilderRunContext,
   dir: string,
+  vm: BuilderVm,
   dockerHost: string,
   log?: (line: string) => void,
 ): Promise<string> {
@@ -265,7 +316,7 @@ export async function dockerOs(
       throw new K8slabError(
         `the Docker engine in the builder VM does not answer at ${dockerHost}`,
         {
-          hint: `look at the VM: cd ${dir} && vagrant provision (it installs and starts docker on port ${GUEST_DOCKER_PORT})`,
+          hint: `look at the VM: ${vagrantCommand(dir, vm.env, "provision")} (it installs and starts docker on port ${GUEST_DOCKER_PORT})`,
           cause: error,
         },
       );

@@ -1,22 +1,33 @@
-import { createHash } from "node:crypto";
-import { mkdir, rename, writeFile } from "node:fs/promises";
-import { isAbsolute, join, relative, resolve } from "node:path";
+import { createHash, pbkdf2Sync } from "node:crypto";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { Document } from "yaml";
 import { K8slabError } from "../errors.js";
 import type { Problem } from "../lab/problems.js";
 import { shellQuote } from "../util/quote.js";
 import { intToIp, parseCidr } from "../util/ipv4.js";
-import { boardsOf, loadPiLab, type PiBoard, type PiLab } from "./pi-lab.js";
+import {
+  boardJoinsWifi,
+  boardsOf,
+  loadPiLab,
+  piLabImage,
+  type PiBoard,
+  type PiLab,
+  type PiWifi,
+} from "./pi-lab.js";
+import { releaseImageUrl, releaseOfImage, type NetworkMethod } from "./releases.js";
 
 /**
  * Per-board cloud-init files for HypriotOS (v1.7+ reads /boot/user-data and /boot/meta-data with
- * cloud-init's NoCloud source), the `flash` command line for each board, and an Ansible inventory
- * in the seed's group layout. Every YAML file is produced by the yaml library from values the
- * lab schema has already checked; nothing is pasted into YAML text.
+ * cloud-init's NoCloud source, v1.12.1+ also /boot/network-config), the `flash` command line for
+ * each board, and an Ansible inventory in the seed's group layout for one or more clusters. Every
+ * YAML file is produced by the yaml library from values the lab schema has already checked;
+ * nothing is pasted into YAML text.
  */
 
 /** Groups every board's user joins (HypriotOS' sample user-data with an SSH key). */
 const USER_GROUPS = "users,docker,adm,dialout,audio,plugdev,netdev,video";
+const WPA_CONF = "/etc/wpa_supplicant/wpa_supplicant.conf";
 
 export interface BoardFiles {
   hostname: string;
@@ -24,6 +35,8 @@ export interface BoardFiles {
   ip?: string;
   userData: string;
   metaData: string;
+  /** /boot/network-config, for images that configure eth0 from it (HypriotOS v1.12.1+). */
+  networkConfig?: string;
   instanceId: string;
 }
 
@@ -32,16 +45,23 @@ function netmask(prefix: number): string {
   return intToIp(prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0);
 }
 
+interface NetworkParts {
+  writeFiles: object[];
+  runcmd: string[];
+}
+
 /**
- * The static address as HypriotOS applies it. HypriotOS 1.9+ (stretch, the builder's images)
- * configures eth0 with dhcpcd, whose /etc/dhcpcd.conf takes `static` lines (the hypriot/flash
- * static.yml sample); 1.7/1.8 (jessie) use ifupdown and /etc/network/interfaces.d/eth0.
+ * A static eth0 address where the image's release looks for it: /etc/network/interfaces.d/eth0
+ * (ifupdown, v1.7.x), /etc/dhcpcd.conf (dhcpcd, v1.8.0 to v1.12.0, like the hypriot/flash
+ * static.yml sample) or /boot/network-config (network-config, v1.12.1+: see renderNetworkConfig).
  */
-function staticNetwork(lab: PiLab, b: PiBoard): { writeFiles: object[]; runcmd: string[] } {
-  if (b.ip === undefined || lab.network.cidr === undefined) return { writeFiles: [], runcmd: [] };
+function staticEth0(lab: PiLab, b: PiBoard, method: NetworkMethod): NetworkParts {
+  if (b.ip === undefined || lab.network.cidr === undefined || method === "network-config") {
+    return { writeFiles: [], runcmd: [] };
+  }
   const prefix = parseCidr(lab.network.cidr).prefix;
   const { gateway, dns } = lab.network;
-  if (lab.network.method === "ifupdown") {
+  if (method === "ifupdown") {
     const content = [
       "# written by k8slab flash-config (cloud-init write_files)",
       "allow-hotplug eth0",
@@ -81,14 +101,70 @@ function staticNetwork(lab: PiLab, b: PiBoard): { writeFiles: object[]; runcmd: 
   };
 }
 
+/** The WPA pre-shared key for a passphrase (what wpa_passphrase prints): the card never holds the passphrase. */
+export function wpaPsk(ssid: string, secret: string): string {
+  if (/^[0-9a-fA-F]{64}$/.test(secret)) return secret.toLowerCase();
+  return pbkdf2Sync(secret, ssid, 4096, 32, "sha1").toString("hex");
+}
+
+/**
+ * wlan0 with DHCP. Under dhcpcd (v1.8.0 to v1.12.0) dhcpcd's wpa_supplicant hook manages wlan0
+ * from wpa_supplicant.conf alone (an ifupdown stanza as well would give it a second address, the
+ * problem PR #224 fixed for eth0); otherwise ifupdown brings it up with that file.
+ */
+function wifiParts(w: PiWifi, psk: string, method: NetworkMethod): NetworkParts {
+  const conf = [
+    "# written by k8slab flash-config (cloud-init write_files)",
+    `country=${w.country}`,
+    "ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev",
+    "update_config=1",
+    "",
+    "network={",
+    `    ssid="${w.ssid}"`,
+    `    psk=${psk}`,
+    "    key_mgmt=WPA-PSK",
+    "}",
+    "",
+  ].join("\n");
+  const files: object[] = [{ path: WPA_CONF, permissions: "0600", content: conf }];
+  if (method === "dhcpcd") return { writeFiles: files, runcmd: ["wpa_cli -i wlan0 reconfigure"] };
+  const stanza = [
+    "# written by k8slab flash-config (cloud-init write_files)",
+    "allow-hotplug wlan0",
+    "iface wlan0 inet dhcp",
+    `    wpa-conf ${WPA_CONF}`,
+    "",
+  ].join("\n");
+  return {
+    writeFiles: [
+      ...files,
+      { path: "/etc/network/interfaces.d/wlan0", permissions: "0644", content: stanza },
+    ],
+    runcmd: ["ifup wlan0"],
+  };
+}
+
 function yamlText(value: object): string {
   // lineWidth 0: never fold long values (SSH keys) over several lines.
   return new Document(value).toString({ lineWidth: 0, minContentWidth: 0 });
 }
 
+/** Secrets a lab refers to, read on this machine (the Wi-Fi key as a PSK). */
+export interface PiSecrets {
+  wifiPsk?: string;
+}
+
 /** The user-data of one board: starts with #cloud-config, one `hostname:` line, a `users:` block. */
-export function renderUserData(lab: PiLab, b: PiBoard): string {
-  const net = staticNetwork(lab, b);
+export function renderUserData(lab: PiLab, b: PiBoard, secrets: PiSecrets = {}): string {
+  const { method } = piLabImage(lab);
+  const wifi = lab.network.wifi;
+  const parts = [
+    staticEth0(lab, b, method),
+    ...(wifi && secrets.wifiPsk && boardJoinsWifi(lab, b)
+      ? [wifiParts(wifi, secrets.wifiPsk, method)]
+      : []),
+  ];
+  const writeFiles = parts.flatMap((p) => p.writeFiles);
   const config: Record<string, unknown> = {
     hostname: b.hostname,
     manage_etc_hosts: true,
@@ -99,7 +175,8 @@ export function renderUserData(lab: PiLab, b: PiBoard): string {
       {
         name: lab.user.name,
         gecos: "k8slab",
-        "primary-group": "users",
+        // cloud-init's schema knows primary_group; HypriotOS' cloud-init 0.7.9 reads it too.
+        primary_group: "users",
         groups: USER_GROUPS,
         shell: "/bin/bash",
         sudo: "ALL=(ALL) NOPASSWD:ALL",
@@ -107,9 +184,9 @@ export function renderUserData(lab: PiLab, b: PiBoard): string {
         ssh_authorized_keys: [...lab.user.sshAuthorizedKeys],
       },
     ],
-    ...(net.writeFiles.length > 0 ? { write_files: net.writeFiles } : {}),
-    // Pick up the hostname for avahi (<hostname>.local), then apply the static address.
-    runcmd: ["systemctl restart avahi-daemon", ...net.runcmd],
+    ...(writeFiles.length > 0 ? { write_files: writeFiles } : {}),
+    // Pick up the hostname for avahi (<hostname>.local), then apply the network settings.
+    runcmd: ["systemctl restart avahi-daemon", ...parts.flatMap((p) => p.runcmd)],
   };
   const header = [
     "#cloud-config",
@@ -120,13 +197,36 @@ export function renderUserData(lab: PiLab, b: PiBoard): string {
   return `${header}${yamlText(config)}`;
 }
 
+/**
+ * /boot/network-config (cloud-init network config version 1) for HypriotOS v1.12.1+, which masks
+ * dhcpcd and lets cloud-init configure eth0: static with the lab's address, else DHCP.
+ */
+export function renderNetworkConfig(lab: PiLab, b: PiBoard): string {
+  const { cidr, gateway, dns } = lab.network;
+  const subnet =
+    b.ip !== undefined && cidr !== undefined
+      ? {
+          type: "static",
+          address: b.ip,
+          netmask: netmask(parseCidr(cidr).prefix),
+          ...(gateway ? { gateway } : {}),
+          ...(dns && dns.length > 0 ? { dns_nameservers: [...dns] } : {}),
+        }
+      : { type: "dhcp" };
+  const header = `# /boot/network-config of ${b.hostname}, written by k8slab flash-config (flash --file).\n`;
+  return `${header}${yamlText({
+    version: 1,
+    config: [{ type: "physical", name: "eth0", subnets: [subnet] }],
+  })}`;
+}
+
 /** meta-data with an instance-id unique per board and per content: new files, new instance. */
 export function renderMetaData(
   lab: PiLab,
   b: PiBoard,
-  userData: string,
+  content: string,
 ): { text: string; instanceId: string } {
-  const digest = createHash("sha256").update(userData).digest("hex").slice(0, 12);
+  const digest = createHash("sha256").update(content).digest("hex").slice(0, 12);
   const instanceId = `iid-k8slab-${lab.name}-${b.hostname}-${digest}`;
   return {
     text: yamlText({ "instance-id": instanceId, "local-hostname": b.hostname }),
@@ -134,101 +234,236 @@ export function renderMetaData(
   };
 }
 
-export function renderBoards(lab: PiLab): BoardFiles[] {
+export function renderBoards(lab: PiLab, secrets: PiSecrets = {}): BoardFiles[] {
+  const { method } = piLabImage(lab);
   return boardsOf(lab).map((b) => {
-    const userData = renderUserData(lab, b);
-    const meta = renderMetaData(lab, b, userData);
+    const userData = renderUserData(lab, b, secrets);
+    const networkConfig = method === "network-config" ? renderNetworkConfig(lab, b) : undefined;
+    const meta = renderMetaData(lab, b, `${userData}${networkConfig ?? ""}`);
     return {
       hostname: b.hostname,
       role: b.role,
       ...(b.ip ? { ip: b.ip } : {}),
       userData,
       metaData: meta.text,
+      ...(networkConfig ? { networkConfig } : {}),
       instanceId: meta.instanceId,
     };
   });
 }
 
+/** The note about the seed's group names that every inventory carries. */
+export const HYPHEN_NOTE =
+  'ansible-inventory warns "Invalid characters were found in group names" about the "-" in the seed\'s group names (cluster-1-master, ...); the playbooks use these names and the warning is harmless';
+
 /**
- * The Ansible inventory in the seed's layout: [<name>-master], [<name>-nodes], [<name>:children],
- * [<name>:vars] with fqdn_master and network_address_master, and [master:children] /
- * [nodes:children]. Every value here matched a strict pattern (IPv4, DNS label, user name).
+ * The Ansible inventory in the seed's layout, for one or more clusters: per cluster
+ * [<name>-master], [<name>-nodes], [<name>:children], [<name>:vars] with fqdn_master and
+ * network_address_master; then [master:children] and [nodes:children] over all clusters. Every
+ * value here matched a strict pattern (IPv4, DNS label, user name).
  */
-export function renderInventory(lab: PiLab): string {
-  const host = (b: PiBoard) => b.ip ?? `${b.hostname}.${lab.network.domain}`;
-  const boards = boardsOf(lab);
-  const master = boards[0]!;
-  const nodes = boards.slice(1);
-  const n = lab.name;
-  return [
-    `# Ansible inventory for Pi cluster ${n}, written by k8slab flash-config.`,
-    `# ansible -i cluster -m ping all ; ansible-playbook -i cluster -l ${n} kubernetes.yml`,
-    `[${n}-master]`,
-    host(master),
-    "",
-    `[${n}-nodes]`,
-    ...nodes.map(host),
-    "",
-    `[${n}:children]`,
-    `${n}-master`,
-    `${n}-nodes`,
-    "",
-    `[${n}:vars]`,
-    `ansible_user=${lab.user.name}`,
-    `fqdn_master="${master.hostname}.${lab.network.domain}"`,
-    ...(master.ip ? [`network_address_master="${master.ip}"`] : []),
-    "",
+export function renderInventory(labs: readonly PiLab[]): string {
+  const lines = [
+    `# Ansible inventory for Pi cluster${labs.length === 1 ? "" : "s"} ${labs.map((l) => l.name).join(", ")}, written by k8slab flash-config.`,
+    `# ansible -i cluster -m ping all ; ansible-playbook -i cluster -l ${labs[0]?.name ?? "CLUSTER"} kubernetes.yml`,
+    `# Note: ${HYPHEN_NOTE}.`,
+  ];
+  for (const lab of labs) {
+    const host = (b: PiBoard) => b.ip ?? `${b.hostname}.${lab.network.domain}`;
+    const [master, ...nodes] = boardsOf(lab);
+    const n = lab.name;
+    lines.push(
+      `[${n}-master]`,
+      ...(master ? [host(master)] : []),
+      "",
+      `[${n}-nodes]`,
+      ...nodes.map(host),
+      "",
+      `[${n}:children]`,
+      `${n}-master`,
+      `${n}-nodes`,
+      "",
+      `[${n}:vars]`,
+      `ansible_user=${lab.user.name}`,
+      `fqdn_master="${master?.hostname}.${lab.network.domain}"`,
+      ...(master?.ip ? [`network_address_master="${master.ip}"`] : []),
+      "",
+    );
+  }
+  lines.push(
     "[master:children]",
-    `${n}-master`,
+    ...labs.map((l) => `${l.name}-master`),
     "",
     "[nodes:children]",
-    `${n}-nodes`,
+    ...labs.map((l) => `${l.name}-nodes`),
     "",
-  ].join("\n");
+  );
+  return lines.join("\n");
 }
 
 /** flash copies its arguments through `eval` inside double quotes: these characters break it. */
 const FLASH_UNSAFE = /["$`\\\n\r]/;
 
-export function flashCommand(userData: string, metaData: string, image: string): string {
-  return ["flash", "--userdata", userData, "--metadata", metaData, image].map(shellQuote).join(" ");
+export function flashCommand(
+  files: { userData: string; metaData: string; networkConfig?: string },
+  image: string,
+): string {
+  return [
+    "flash",
+    "--userdata",
+    files.userData,
+    "--metadata",
+    files.metaData,
+    ...(files.networkConfig ? ["--file", files.networkConfig] : []),
+    image,
+  ]
+    .map(shellQuote)
+    .join(" ");
 }
 
 export interface FlashConfigOptions {
-  lab: string;
+  /** One lab, or several clusters that share one inventory (the seed's `cluster` file). */
+  labs: string[];
   cwd: string;
+  /** For Wi-Fi passphrases given by pskEnv. */
+  env: NodeJS.ProcessEnv;
   out: string;
-  /** Image for the flash commands; default: the lab's `image`. */
+  /** Image for the flash commands of every lab; default: each lab's image. */
   image?: string;
 }
 
-export interface FlashConfigResult {
+export interface FlashCluster {
   lab: PiLab;
   labFile: string;
+  release: string;
+  image: string;
+  /** Where the release image is published, when the image is a release download. */
+  imageUrl?: string;
+  method: NetworkMethod;
+}
+
+export interface FlashConfigResult {
+  clusters: FlashCluster[];
   out: string;
   inventory: string;
-  boards: (BoardFiles & { flash: string })[];
+  boards: (BoardFiles & { cluster: string; flash: string })[];
   warnings: Problem[];
 }
 
-async function writeAtomic(path: string, text: string): Promise<void> {
+async function writeAtomic(path: string, text: string, mode = 0o644): Promise<void> {
   const tmp = `${path}.k8slab-${process.pid}.tmp`;
-  await writeFile(tmp, text, { mode: 0o644 });
+  await writeFile(tmp, text, { mode });
   await rename(tmp, path);
 }
 
-/** Write every board's user-data and meta-data and the inventory; return the flash commands. */
+/** The Wi-Fi passphrase from the environment or a file next to the lab, as a PSK. */
+async function readWifiPsk(w: PiWifi, labPath: string, env: NodeJS.ProcessEnv): Promise<string> {
+  let secret: string | undefined;
+  if (w.pskEnv) {
+    secret = env[w.pskEnv];
+    if (!secret) {
+      throw new K8slabError(`network.wifi.pskEnv: ${w.pskEnv} is not set`, {
+        exitCode: 2,
+        hint: `export ${w.pskEnv}='the Wi-Fi passphrase', then run the command again`,
+      });
+    }
+  } else if (w.pskFile) {
+    const file = resolve(dirname(labPath), w.pskFile);
+    secret = await readFile(file, "utf8").then(
+      (t) => t.replace(/\r?\n$/, ""),
+      (error: unknown) => {
+        throw new K8slabError(`network.wifi.pskFile: cannot read ${file}`, {
+          exitCode: 2,
+          hint: "put the Wi-Fi passphrase in that file (one line), or use pskEnv",
+          cause: error,
+        });
+      },
+    );
+  }
+  if (
+    secret === undefined ||
+    !(/^[\x20-\x7e]{8,63}$/.test(secret) || /^[0-9a-fA-F]{64}$/.test(secret))
+  ) {
+    throw new K8slabError(
+      "the Wi-Fi passphrase must be 8 to 63 printable ASCII characters (or a 64-hex PSK)",
+      { exitCode: 2, hint: "check the value of network.wifi.pskEnv or pskFile" },
+    );
+  }
+  return wpaPsk(w.ssid, secret);
+}
+
+/** Several clusters in one inventory: names, hostnames and addresses must not collide. */
+function checkClusters(clusters: FlashCluster[]): void {
+  const problems: string[] = [];
+  const names = new Map<string, string>();
+  const hosts = new Map<string, string>();
+  for (const c of clusters) {
+    const seenName = names.get(c.lab.name);
+    if (seenName)
+      problems.push(`${c.labFile}: cluster name ${c.lab.name} is also used by ${seenName}`);
+    else names.set(c.lab.name, c.labFile);
+    for (const b of boardsOf(c.lab)) {
+      for (const key of [b.hostname, ...(b.ip ? [b.ip] : [])]) {
+        const other = hosts.get(key);
+        if (other && other !== c.labFile) {
+          problems.push(`${c.labFile}: ${key} (${b.hostname}) is also in ${other}`);
+        } else hosts.set(key, c.labFile);
+      }
+    }
+  }
+  if (problems.length > 0) {
+    throw new K8slabError(
+      `these clusters cannot share one inventory:\n  ${problems.join("\n  ")}`,
+      {
+        exitCode: 2,
+        hint: "give every cluster its own name, hostnames and addresses",
+      },
+    );
+  }
+}
+
+/** Write every board's cloud-init files and the inventory; return the flash commands. */
 export async function writeFlashConfig(options: FlashConfigOptions): Promise<FlashConfigResult> {
-  const { lab, file, warnings } = await loadPiLab(options.lab, { cwd: options.cwd });
+  const loaded = [];
+  for (const ref of options.labs) loaded.push(await loadPiLab(ref, { cwd: options.cwd }));
+  const clusters: FlashCluster[] = loaded.map(({ lab, file }) => {
+    const { release, image: labImage, method } = piLabImage(lab);
+    const image = options.image ?? labImage;
+    const fromImage = releaseOfImage(image);
+    return {
+      lab,
+      labFile: file,
+      release,
+      image,
+      ...(fromImage === release && !image.includes("/")
+        ? { imageUrl: releaseImageUrl(release) }
+        : {}),
+      method,
+    };
+  });
+  checkClusters(clusters);
+  const warnings = loaded.flatMap((l) => l.warnings);
+  for (const c of clusters) {
+    const named = releaseOfImage(c.image);
+    if (options.image && named && named !== c.release) {
+      warnings.push({
+        severity: "warning",
+        path: "hypriotos",
+        file: c.labFile,
+        message: `--image ${c.image} is HypriotOS ${named}, but the lab's files are written for ${c.release}`,
+        hint: `set hypriotos: ${named} in ${c.labFile}`,
+      });
+    }
+  }
+
   const out = resolve(options.cwd, options.out);
-  const image = options.image ?? lab.image;
   const shown = (p: string) => {
     const r = relative(options.cwd, p);
     return r === "" || r.startsWith("..") || isAbsolute(r) ? p : r;
   };
   for (const [what, value] of [
     ["--out", shown(out)],
-    ["the image", image],
+    ...clusters.map((c) => ["the image", c.image] as const),
   ] as const) {
     if (FLASH_UNSAFE.test(value)) {
       throw new K8slabError(
@@ -240,26 +475,47 @@ export async function writeFlashConfig(options: FlashConfigOptions): Promise<Fla
       );
     }
   }
+  const secrets = new Map<PiLab, PiSecrets>();
+  for (const [i, c] of clusters.entries()) {
+    const w = c.lab.network.wifi;
+    const path = loaded[i]?.path ?? "";
+    secrets.set(c.lab, w ? { wifiPsk: await readWifiPsk(w, path, options.env) } : {});
+  }
+
   await mkdir(out, { recursive: true });
   const boards: FlashConfigResult["boards"] = [];
-  for (const b of renderBoards(lab)) {
-    const dir = join(out, b.hostname);
-    await mkdir(dir, { recursive: true });
-    const userData = join(dir, "user-data");
-    const metaData = join(dir, "meta-data");
-    await writeAtomic(userData, b.userData);
-    await writeAtomic(metaData, b.metaData);
-    boards.push({
-      hostname: b.hostname,
-      role: b.role,
-      ...(b.ip ? { ip: b.ip } : {}),
-      userData,
-      metaData,
-      instanceId: b.instanceId,
-      flash: flashCommand(shown(userData), shown(metaData), image),
-    });
+  for (const c of clusters) {
+    for (const b of renderBoards(c.lab, secrets.get(c.lab))) {
+      const dir = join(out, b.hostname);
+      await mkdir(dir, { recursive: true });
+      const userData = join(dir, "user-data");
+      const metaData = join(dir, "meta-data");
+      const networkConfig = b.networkConfig ? join(dir, "network-config") : undefined;
+      // user-data may hold a Wi-Fi PSK.
+      await writeAtomic(userData, b.userData, c.lab.network.wifi ? 0o600 : 0o644);
+      await writeAtomic(metaData, b.metaData);
+      if (networkConfig && b.networkConfig) await writeAtomic(networkConfig, b.networkConfig);
+      boards.push({
+        cluster: c.lab.name,
+        hostname: b.hostname,
+        role: b.role,
+        ...(b.ip ? { ip: b.ip } : {}),
+        userData,
+        metaData,
+        ...(networkConfig ? { networkConfig } : {}),
+        instanceId: b.instanceId,
+        flash: flashCommand(
+          {
+            userData: shown(userData),
+            metaData: shown(metaData),
+            ...(networkConfig ? { networkConfig: shown(networkConfig) } : {}),
+          },
+          c.image,
+        ),
+      });
+    }
   }
   const inventory = join(out, "cluster");
-  await writeAtomic(inventory, renderInventory(lab));
-  return { lab, labFile: file, out, inventory, boards, warnings };
+  await writeAtomic(inventory, renderInventory(clusters.map((c) => c.lab)));
+  return { clusters, out, inventory, boards, warnings };
 }

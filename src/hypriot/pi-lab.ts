@@ -6,7 +6,15 @@ import { builtinLabsDir } from "../lab/load.js";
 import type { Problem, RuleProblem } from "../lab/problems.js";
 import { validateYamlText } from "../lab/validate-yaml.js";
 import { broadcast, contains, hasHostBits, ipToInt, parseCidr } from "../util/ipv4.js";
-import { InvalidFileError, ruleError } from "../lab/problems.js";
+import { InvalidFileError, ruleError, ruleWarning } from "../lab/problems.js";
+import {
+  NETWORK_METHODS,
+  NEWEST_KNOWN_RELEASE,
+  releaseImageName,
+  releaseNetwork,
+  releaseOfImage,
+  type NetworkMethod,
+} from "./releases.js";
 
 /**
  * The Raspberry Pi cluster lab (seed 002): real boards flashed with HypriotOS, one master and N
@@ -16,7 +24,6 @@ import { InvalidFileError, ruleError } from "../lab/problems.js";
  */
 
 export const PI_LAB_KIND = "pi-cluster";
-export const NETWORK_METHODS = ["dhcpcd", "ifupdown"] as const;
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const CIDR =
@@ -33,6 +40,11 @@ export const SSH_PUBLIC_KEY =
 /** Base64 of "slab-example-key-do-not-use", inside the example key of labs/pi/pi-cluster.yaml. */
 const EXAMPLE_KEY_MARK = "c2xhYi1leGFtcGxlLWtleS1kby1ub3QtdXNl";
 const IMAGE_FILE = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.img(\.zip)?$/;
+const RELEASE_TAG = /^v\d{1,3}\.\d{1,3}\.\d{1,3}(-[0-9A-Za-z.]{1,20})?$/;
+const ENV_NAME = /^[A-Z_][A-Z0-9_]{0,63}$/;
+const PLAIN_PATH = /^[A-Za-z0-9._~/-]{1,255}$/;
+/** What wpa_supplicant.conf can hold between double quotes: printable ASCII but " and \. */
+const SSID = /^[\x20\x21\x23-\x5b\x5d-\x7e]{1,32}$/;
 
 const ipv4 = z.string().regex(IPV4, "must be an IPv4 address such as 192.168.0.11");
 const hostname = z
@@ -45,7 +57,39 @@ const hostname = z
 const board = z.strictObject({
   hostname: hostname.describe("The board's hostname (announced as <hostname>.local)."),
   ip: ipv4.optional().describe("Static address on eth0; without it the board asks DHCP."),
+  wifi: z
+    .boolean()
+    .optional()
+    .describe("false: this board does not join network.wifi (default: it does when it is set)."),
 });
+
+const wifi = z
+  .strictObject({
+    ssid: z
+      .string()
+      .regex(SSID, 'must be 1 to 32 printable ASCII characters without " and \\')
+      .describe("The Wi-Fi network's name."),
+    country: z
+      .string()
+      .regex(/^[A-Z]{2}$/, "must be a two-letter country code such as DE")
+      .describe("Regulatory country of the Wi-Fi (wpa_supplicant's country=)."),
+    pskEnv: z
+      .string()
+      .regex(ENV_NAME, "must be an environment variable name such as K8SLAB_WIFI_PSK")
+      .optional()
+      .describe("Read the passphrase (8-63 characters) or 64-hex PSK from this variable."),
+    pskFile: z
+      .string()
+      .regex(PLAIN_PATH, "must be a plain path")
+      .optional()
+      .describe("Or from this file, relative to the lab file."),
+  })
+  .refine((w) => (w.pskEnv === undefined) !== (w.pskFile === undefined), {
+    message: "give exactly one of pskEnv or pskFile (never the passphrase itself)",
+  })
+  .describe(
+    "Wi-Fi for the boards (wlan0, DHCP); user-data gets the PSK derived from the passphrase.",
+  );
 
 export const piLabSchema = z.strictObject({
   kind: z.literal(PI_LAB_KIND).describe("Marks a Raspberry Pi cluster lab."),
@@ -54,12 +98,19 @@ export const piLabSchema = z.strictObject({
     .regex(CLUSTER_NAME, "must be lowercase letters, digits and '-', such as cluster-1")
     .describe("Cluster name; the Ansible groups are <name>-master and <name>-nodes."),
   description: z.string().max(300).optional(),
+  hypriotos: z
+    .string()
+    .regex(RELEASE_TAG, "must be a HypriotOS release tag such as v1.7.1")
+    .optional()
+    .describe(
+      "HypriotOS release of the image (for one built by build-hypriot-image: the checkout's); it decides how eth0 is set up. Default: the release in the image's name.",
+    ),
   image: z
     .string()
-    .regex(IMAGE_FILE, "must be an image file name such as hypriotos-rpi-v1.9.0.img.zip")
-    .default("hypriotos-rpi-v1.9.0.img.zip")
+    .regex(IMAGE_FILE, "must be an image file name such as hypriotos-rpi-v1.7.1.img.zip")
+    .optional()
     .describe(
-      "The HypriotOS image the flash commands write (e.g. one built by build-hypriot-image).",
+      "The image the flash commands write (default: hypriotos-rpi-<hypriotos>.img.zip, the release download).",
     ),
   user: z
     .strictObject({
@@ -96,18 +147,20 @@ export const piLabSchema = z.strictObject({
         .describe("Domain of the master's FQDN in the inventory (avahi: local)."),
       method: z
         .enum(NETWORK_METHODS)
-        .default("dhcpcd")
+        .optional()
         .describe(
-          "How the image sets a static address: dhcpcd (HypriotOS 1.9+) or ifupdown (1.7/1.8).",
+          "How the image brings up eth0: ifupdown (HypriotOS v1.7.x), dhcpcd (v1.8.0 to v1.12.0), network-config (v1.12.1 on). Default: the release's; another is refused.",
         ),
+      wifi: wifi.optional(),
     })
-    .default({ domain: "local", method: "dhcpcd" }),
+    .default({ domain: "local" }),
   master: board,
   nodes: z.array(board).max(100).default([]),
 });
 
 export type PiLab = z.infer<typeof piLabSchema>;
 export type PiBoard = z.infer<typeof board> & { role: "master" | "node" };
+export type PiWifi = z.infer<typeof wifi>;
 
 export function boardsOf(lab: PiLab): PiBoard[] {
   return [
@@ -116,10 +169,73 @@ export function boardsOf(lab: PiLab): PiBoard[] {
   ];
 }
 
+/** The release, image and network method of a valid lab (the rules make sure they resolve). */
+export function piLabImage(lab: PiLab): {
+  release: string;
+  image: string;
+  method: NetworkMethod;
+} {
+  const release = lab.hypriotos ?? (lab.image ? releaseOfImage(lab.image) : undefined) ?? "";
+  const method = lab.network.method ?? releaseNetwork(release).method ?? "dhcpcd";
+  return { release, image: lab.image ?? releaseImageName(release), method };
+}
+
+export function boardJoinsWifi(lab: PiLab, b: PiBoard): boolean {
+  return lab.network.wifi !== undefined && b.wifi !== false;
+}
+
+/** The release against the image name and the network method (seed 002 flashes v1.7.1). */
+function releaseRules(lab: PiLab): RuleProblem[] {
+  const named = lab.image ? releaseOfImage(lab.image) : undefined;
+  const release = lab.hypriotos ?? named;
+  if (release === undefined) {
+    return [
+      err(
+        "hypriotos",
+        `say which HypriotOS release ${lab.image ?? "the image"} is: it decides how the boards set up eth0`,
+        "add hypriotos: v1.7.1 (the release the image was built from)",
+      ),
+    ];
+  }
+  const problems: RuleProblem[] = [];
+  if (lab.hypriotos && named && named !== lab.hypriotos) {
+    problems.push(
+      err("image", `${lab.image} is HypriotOS ${named}, but hypriotos says ${lab.hypriotos}`),
+    );
+  }
+  const net = releaseNetwork(release);
+  const path = lab.hypriotos ? "hypriotos" : "image";
+  if (net.method === undefined) {
+    problems.push(
+      err(
+        path,
+        `${release}: ${net.why}; k8slab writes cloud-init files`,
+        "use HypriotOS v1.7.0 or newer",
+      ),
+    );
+  } else if (lab.network.method && lab.network.method !== net.method) {
+    problems.push(
+      err(
+        "network.method",
+        `HypriotOS ${release} ignores ${lab.network.method}: ${net.why}`,
+        `remove network.method (k8slab uses ${net.method} for ${release})`,
+      ),
+    );
+  } else if (!net.known) {
+    problems.push(
+      ruleWarning(
+        path,
+        `k8slab knows HypriotOS releases up to ${NEWEST_KNOWN_RELEASE}; it assumes ${release} sets up eth0 like them (${net.method})`,
+      ),
+    );
+  }
+  return problems;
+}
+
 const err = ruleError;
 
 export function checkPiLabRules(lab: PiLab): RuleProblem[] {
-  const problems: RuleProblem[] = [];
+  const problems: RuleProblem[] = releaseRules(lab);
   const paths = ["master", ...lab.nodes.map((_, i) => `nodes.${i}`)];
   const boards = boardsOf(lab);
   const cidr = lab.network.cidr;
@@ -174,6 +290,11 @@ export function checkPiLabRules(lab: PiLab): RuleProblem[] {
         message: "this is the built-in lab's example key: no one can log in with it",
         hint: "copy the lab file and put your own key there (cat ~/.ssh/id_ed25519.pub)",
       });
+    }
+  });
+  boards.forEach((b, i) => {
+    if (b.wifi === true && lab.network.wifi === undefined) {
+      problems.push(err(`${paths[i] ?? ""}.wifi`, "there is no network.wifi to join"));
     }
   });
   if ((lab.network.gateway || lab.network.dns) && !boards.some((b) => b.ip)) {
@@ -243,7 +364,7 @@ export async function loadPiLab(ref: string, options: { cwd: string }): Promise<
   return { lab, file, path, warnings: problems };
 }
 
-async function isFile(path: string): Promise<boolean> {
+export async function isFile(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isFile();
   } catch {

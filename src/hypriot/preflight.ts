@@ -2,6 +2,13 @@ import { statfs as statfsAsync } from "node:fs/promises";
 import { dirname } from "node:path";
 import { K8slabError } from "../errors.js";
 import { toolVersion, vagrantPlugins, type BuilderRunContext } from "./builder.js";
+import {
+  anyExists,
+  existingVmProvider,
+  kvmUsable,
+  NFS_SERVER_PROGRAMS,
+  type BuilderProvider,
+} from "./builder-vm.js";
 import { kernelUrlHostProblem } from "./versions-config.js";
 
 /**
@@ -37,6 +44,125 @@ export class PreflightError extends K8slabError {
   }
 }
 
+export interface ProviderOptions {
+  /** --provider: a provider, or auto (VirtualBox when it is there, else libvirt on Linux). */
+  requested: BuilderProvider | "auto";
+  builderDir: string;
+  /** Default: process.platform. */
+  platform?: NodeJS.Platform;
+  /** Programs whose presence means an NFS server is installed (tests point elsewhere). */
+  nfsServerPrograms?: readonly string[];
+  kvmDevice?: string;
+}
+
+export interface ProviderChoice {
+  /** The provider the build uses; undefined when none is usable (then `failures` says why). */
+  provider?: BuilderProvider;
+  /** libvirt: kvm, or qemu (software emulation) without a usable /dev/kvm. */
+  driver: "kvm" | "qemu";
+  /** Why this provider, for progress. */
+  reason: string;
+  failures: PreflightFailure[];
+  warnings: string[];
+}
+
+const VIRTUALBOX_REASON =
+  "the builder's Vagrantfile chooses VirtualBox and the box ubuntu/xenial64, which exists only for VirtualBox";
+
+/**
+ * Which provider the builder VM gets, decided once and used by the dry run, the preflight and the
+ * build alike. Asks `VBoxManage --version` and `vagrant plugin list`, nothing else.
+ */
+export async function chooseProvider(
+  ctx: BuilderRunContext,
+  options: ProviderOptions,
+): Promise<ProviderChoice> {
+  const platform = options.platform ?? process.platform;
+  const cwd = await existingDir(dirname(options.builderDir));
+  const failures: PreflightFailure[] = [];
+  const warnings: string[] = [];
+  const existing = await existingVmProvider(options.builderDir);
+  let vboxFound: boolean | undefined;
+  const vbox = async () => (vboxFound ??= (await probe(ctx, "VBoxManage", cwd, [])) !== undefined);
+  const libvirtPlugin = async () =>
+    platform === "linux" &&
+    (await vagrantPlugins(ctx, cwd).then(
+      (list) => list.includes("vagrant-libvirt"),
+      () => false,
+    ));
+
+  let provider: BuilderProvider | undefined;
+  let reason: string;
+  if (existing && options.requested !== "auto" && options.requested !== existing) {
+    failures.push({
+      check: "provider",
+      message: `the builder VM in ${options.builderDir} was created with ${existing}, not ${options.requested}`,
+      hint: `use --provider ${existing}, or remove that VM first (cd ${options.builderDir} && vagrant destroy)`,
+    });
+    reason = "";
+  } else if (existing) {
+    provider = existing;
+    reason = `the builder VM was created with ${existing}`;
+  } else if (
+    options.requested === "virtualbox" ||
+    (options.requested === "auto" && (await vbox()))
+  ) {
+    provider = "virtualbox";
+    reason = options.requested === "auto" ? "VirtualBox is installed" : "--provider virtualbox";
+  } else if (options.requested === "libvirt" || options.requested === "auto") {
+    provider = "libvirt";
+    reason =
+      options.requested === "auto"
+        ? "VirtualBox is not installed; k8slab runs the builder's Vagrantfile under vagrant-libvirt with its own override"
+        : "--provider libvirt";
+  } else {
+    reason = "";
+  }
+
+  if (provider === "virtualbox" && !(await vbox())) {
+    failures.push({
+      check: "provider",
+      message: `VirtualBox (VBoxManage) was not found, and ${VIRTUALBOX_REASON}`,
+      hint:
+        platform === "linux"
+          ? "install VirtualBox, or install vagrant-libvirt and use --provider libvirt (k8slab overrides the box and provider for it)"
+          : "install VirtualBox (on Linux, vagrant-libvirt works too)",
+    });
+  }
+  if (provider === "libvirt") {
+    if (platform !== "linux") {
+      failures.push({
+        check: "provider",
+        message: `the builder runs under libvirt only on Linux, and ${VIRTUALBOX_REASON}`,
+        hint: "install VirtualBox",
+      });
+    } else if (!(await libvirtPlugin())) {
+      failures.push({
+        check: "provider",
+        message:
+          options.requested === "libvirt"
+            ? "the vagrant-libvirt plugin was not found"
+            : `neither VirtualBox (VBoxManage) nor the vagrant-libvirt plugin was found, and ${VIRTUALBOX_REASON}`,
+        hint: "install VirtualBox, or vagrant-libvirt (Debian/Ubuntu: sudo apt-get install vagrant-libvirt libvirt-daemon-system)",
+      });
+    } else if (!(await anyExists(options.nfsServerPrograms ?? NFS_SERVER_PROGRAMS))) {
+      failures.push({
+        check: "NFS server",
+        message:
+          "under libvirt the checkout is shared with the builder VM over NFS (the image is written there), and no NFS server is installed",
+        hint: "sudo apt-get install nfs-kernel-server (Fedora: nfs-utils); Vagrant asks for your sudo password to add the export",
+      });
+    }
+  }
+  const driver = (await kvmUsable(options.kvmDevice)) ? "kvm" : "qemu";
+  if (provider === "libvirt" && driver === "qemu") {
+    warnings.push(
+      "no usable /dev/kvm: the builder VM runs under QEMU software emulation and the build takes many hours",
+    );
+  }
+  return { ...(provider ? { provider } : {}), driver, reason, failures, warnings };
+}
+
 export interface PreflightOptions {
   builderDir: string;
   /** The kernel URL the build will use (a custom one or the built-in server's). */
@@ -46,6 +172,8 @@ export interface PreflightOptions {
   minFreeBytes?: number;
   /** Free bytes on the file system holding `path` (tests inject one). */
   freeBytes?: (path: string) => Promise<number>;
+  /** The provider chosen by chooseProvider, with what is missing for it. */
+  provider: ProviderChoice;
 }
 
 /** Checks that need no program: the builder path and the kernel URL. */
@@ -157,24 +285,7 @@ export async function preflight(ctx: BuilderRunContext, options: PreflightOption
     }
   }
 
-  if (found.get("vagrant") !== undefined) {
-    const vbox = await probe(ctx, "VBoxManage", runIn, []);
-    let libvirt = false;
-    if (vbox === undefined) {
-      try {
-        libvirt = (await vagrantPlugins(ctx, runIn)).includes("vagrant-libvirt");
-      } catch {
-        libvirt = false;
-      }
-    }
-    if (vbox === undefined && !libvirt) {
-      failures.push({
-        check: "provider",
-        message: "neither VirtualBox (VBoxManage) nor the vagrant-libvirt plugin was found",
-        hint: "install VirtualBox (the builder's Vagrantfile is written for it), or: vagrant plugin install vagrant-libvirt",
-      });
-    }
-  }
+  if (found.get("vagrant") !== undefined) failures.push(...options.provider.failures);
 
   const min = options.minFreeBytes ?? MIN_FREE_BYTES;
   const free = await (options.freeBytes ?? defaultFreeBytes)(options.builderDir);

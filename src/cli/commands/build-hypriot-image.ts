@@ -1,11 +1,16 @@
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import {
   buildHypriotImage,
   type BuildHypriotImageOptions,
   type BuildHypriotImageResult,
 } from "../../hypriot/build-image.js";
 import { DEFAULT_KERNEL_PORT, VIRTUALBOX_NAT_HOST } from "../../hypriot/kernel-server.js";
-import { IMAGE_BUILDER_REF } from "../../hypriot/builder.js";
+import { IMAGE_BUILDER_REF, vagrantCommand } from "../../hypriot/builder.js";
+import {
+  BUILDER_PROVIDERS,
+  LIBVIRT_BUILDER_BOX,
+  LIBVIRT_HOST_ADDRESS,
+} from "../../hypriot/builder-vm.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
 import { untilInterrupted } from "../interrupt.js";
 
@@ -16,6 +21,7 @@ type Flags = Pick<
   | "config"
   | "imageVersion"
   | "ref"
+  | "provider"
   | "kernelDeb"
   | "kernelHost"
   | "kernelBind"
@@ -30,6 +36,20 @@ function port(value: string): number {
   return n;
 }
 
+const HELP = `
+Values: the checkout's own versions.config, then --config over it. k8slab reads which of them the
+checkout's builder/build.sh and builder/chroot-script.sh use (v1.9.0 pins the kernel with
+KERNEL_BUILD and hard-codes the edge Docker channel on stretch; master installs the newest kernel
+on buster and reads DOCKER_CE_CHANNEL), refuses values that cannot build, and warns about every
+value the checkout will not read. --config seed-002 gives seed 002's versions (Docker 18.06.1).
+
+Provider: the builder's Vagrantfile wants VirtualBox (box ubuntu/xenial64). Without VirtualBox, on
+Linux, k8slab runs it under vagrant-libvirt (box ${LIBVIRT_BUILDER_BOX}, checkout shared over NFS)
+through a Vagrantfile of its own (VAGRANT_VAGRANTFILE); the checkout is never edited.
+
+A build replaces the checkout's versions.config while it runs and puts it back afterwards; logs,
+the libvirt override and a copy of the versions.config used stay in k8slab's cache directory.`;
+
 export function buildHypriotImageCommand(ctx: CliContext): Command {
   return new Command("build-hypriot-image")
     .description(
@@ -39,24 +59,31 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
       "--builder-dir <dir>",
       "an image-builder-rpi checkout (default: a clone in ~/.cache/k8slab)",
     )
-    .option("--config <file>", "YAML file of versions.config values (default: the seed's versions)")
+    .option(
+      "--config <file>",
+      "YAML file of versions.config values over the checkout's own, or a built-in: seed-002",
+    )
     .option(
       "--image-version <version>",
       "VERSION of the image (default: k8slab-<timestamp>, new every build)",
     )
     .option("--ref <ref>", `git ref to clone when there is no checkout yet`, IMAGE_BUILDER_REF)
+    .addOption(
+      new Option("--provider <provider>", "Vagrant provider of the builder VM")
+        .choices(["auto", ...BUILDER_PROVIDERS])
+        .default("auto"),
+    )
     .option(
       "--kernel-deb <file>",
       "serve this kernel .deb from this machine and build with it (KERNEL_URL)",
     )
     .option(
       "--kernel-host <address>",
-      "this machine's address as the builder VM sees it",
-      VIRTUALBOX_NAT_HOST,
+      `this machine's address as the builder VM sees it (default: ${VIRTUALBOX_NAT_HOST} under VirtualBox, ${LIBVIRT_HOST_ADDRESS} under libvirt)`,
     )
     .option(
       "--kernel-bind <address>",
-      "address the kernel server listens on (default: 127.0.0.1 for 10.0.2.2, else --kernel-host)",
+      `address the kernel server listens on (default: 127.0.0.1 for ${VIRTUALBOX_NAT_HOST}, else --kernel-host)`,
     )
     .option(
       "--kernel-port <port>",
@@ -64,15 +91,13 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
       port,
       DEFAULT_KERNEL_PORT,
     )
-    .option(
-      "--log <file>",
-      "where the build output goes (default: <builder-dir>/k8slab-build-<VERSION>.log)",
-    )
+    .option("--log <file>", "where the build output goes (default: in k8slab's cache directory)")
     .option(
       "--dry-run",
-      "write versions.config and print every command with its environment; run nothing",
+      "show the checkout's generation, the versions.config and every command with its environment; write and build nothing (only VBoxManage and vagrant are asked which provider is there)",
     )
     .option("--json", "print the result as JSON on stdout")
+    .addHelpText("after", HELP)
     .action(async (flags: Flags) => {
       const result: BuildHypriotImageResult = await untilInterrupted(
         {
@@ -89,6 +114,7 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
             config: flags.config,
             imageVersion: flags.imageVersion,
             ref: flags.ref,
+            provider: flags.provider,
             kernelDeb: flags.kernelDeb,
             kernelHost: flags.kernelHost,
             kernelBind: flags.kernelBind,
@@ -101,29 +127,41 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
       if (result.dryRun) return printPlan(ctx, result);
       printResult(ctx, `image:    ${result.image}`);
       printResult(ctx, `sha256:   ${result.sha256} (matches ${result.sha256File})`);
-      printResult(ctx, `versions: ${result.versionsConfig}`);
-      for (const [k, v] of Object.entries(result.versions)) printResult(ctx, `  ${k}=${v}`);
+      printResult(ctx, `versions: ${result.versionsConfigCopy}`);
+      for (const [k, v] of Object.entries(result.versions ?? {})) printResult(ctx, `  ${k}=${v}`);
       say(ctx, `build output: ${result.logFile}`);
       say(
         ctx,
-        `the builder VM keeps running for the next build; stop it with: cd ${result.builderDir} && vagrant halt`,
+        `the builder VM keeps running for the next build; stop it with: ${vagrantCommand(result.builderDir, result.vagrantEnv, "halt")}`,
       );
       say(
         ctx,
-        `next: flash it, e.g. k8slab flash-config pi-cluster --out pi-flash --image ${result.image}`,
+        `next: k8slab flash-config pi-cluster --out pi-flash --image ${result.image} (set hypriotos in the lab to the release this checkout builds)`,
       );
     });
 }
 
 function printPlan(ctx: CliContext, r: BuildHypriotImageResult): void {
-  say(ctx, "dry run: nothing was run");
-  printResult(
-    ctx,
-    r.versionsConfigWritten
-      ? `wrote ${r.versionsConfig}:`
-      : `would write ${r.versionsConfig} (not written: ${r.kernel?.url.includes(":PORT/") ? "the kernel port is chosen at run time" : "the checkout is cloned first"}):`,
-  );
-  printResult(ctx, r.versionsConfigText.replace(/^/gm, "  ").trimEnd());
+  say(ctx, "dry run: nothing was written or built");
+  if (r.checkout) printResult(ctx, `checkout: ${r.builderDir}: ${r.checkout.summary}`);
+  else
+    printResult(
+      ctx,
+      `checkout: ${r.builderDir} is cloned first; its versions.config gives the values`,
+    );
+  printResult(ctx, `provider: ${r.provider} (${r.providerReason || "none found"})`);
+  if (r.vagrantOverride) {
+    printResult(ctx, `would write ${r.vagrantOverride.path}:`);
+    printResult(ctx, r.vagrantOverride.text.replace(/^/gm, "  ").trimEnd());
+  }
+  if (r.versionsConfigText) {
+    printResult(
+      ctx,
+      `would write ${r.versionsConfig} for the build (and put the checkout's back):`,
+    );
+    printResult(ctx, r.versionsConfigText.replace(/^/gm, "  ").trimEnd());
+  }
+  for (const w of r.warnings) printResult(ctx, `warning: ${w}`);
   if (r.kernel) printResult(ctx, `kernel: would serve ${r.kernel.file} at ${r.kernel.url}`);
   printResult(ctx, "commands, in order:");
   r.plan.forEach((s, i) => {

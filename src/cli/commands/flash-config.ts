@@ -1,46 +1,77 @@
-import { relative } from "node:path";
+import { isAbsolute, relative } from "node:path";
 import { Command } from "commander";
-import { writeFlashConfig } from "../../hypriot/flash-config.js";
+import { HYPHEN_NOTE, writeFlashConfig } from "../../hypriot/flash-config.js";
+import { FLASH, FLASH_INSTALL } from "../../hypriot/releases.js";
 import { formatProblem } from "../../lab/problems.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
+
+const HELP = `
+flash (hypriot/flash ${FLASH.release}; --file needs ${FLASH.minimumForFile} or newer) writes each SD card:
+  ${FLASH_INSTALL.command}
+  ${FLASH_INSTALL.linux}
+
+Several labs write one inventory (the seed keeps one "cluster" file for all its clusters):
+  k8slab flash-config crew-1.yaml crew-2.yaml --out pi-flash
+
+${HYPHEN_NOTE}.`;
 
 export function flashConfigCommand(ctx: CliContext): Command {
   return new Command("flash-config")
     .description(
-      "write cloud-init user-data and meta-data for every board of a Pi cluster lab and an Ansible inventory; print the flash command for each board",
+      "write cloud-init files for every board of one or more Pi cluster labs and one Ansible inventory; print the flash command for each board",
     )
     .argument(
-      "<lab>",
-      "a built-in Pi cluster lab (pi-cluster) or a path to a lab file with kind: pi-cluster",
+      "<labs...>",
+      "built-in Pi cluster labs (pi-cluster) or paths to lab files with kind: pi-cluster",
     )
     .requiredOption(
       "-o, --out <dir>",
-      "directory for <hostname>/user-data, <hostname>/meta-data and the inventory",
+      "directory for <hostname>/user-data, meta-data (and network-config) and the inventory",
     )
-    .option("--image <file>", "the image the flash commands write (default: the lab's image)")
+    .option("--image <file>", "the image the flash commands write (default: each lab's image)")
     .option("--json", "print the result as JSON on stdout")
-    .action(async (ref: string, opts: { out: string; image?: string; json?: boolean }) => {
+    .addHelpText("after", HELP)
+    .action(async (refs: string[], opts: { out: string; image?: string; json?: boolean }) => {
       const result = await writeFlashConfig({
-        lab: ref,
+        labs: refs,
         cwd: ctx.cwd,
+        env: ctx.env,
         out: opts.out,
         ...(opts.image !== undefined ? { image: opts.image } : {}),
       });
       if (opts.json) {
-        const { lab, labFile, out, inventory, boards, warnings } = result;
-        return printJson(ctx, { name: lab.name, labFile, out, inventory, boards, warnings });
+        const { clusters, out, inventory, boards, warnings } = result;
+        return printJson(ctx, {
+          clusters: clusters.map(({ lab, ...c }) => ({ name: lab.name, ...c })),
+          out,
+          inventory,
+          boards,
+          warnings,
+        });
       }
       for (const w of result.warnings) say(ctx, formatProblem(w));
-      const shown = relative(ctx.cwd, result.out) || ".";
+      const shown = (p: string) => {
+        const r = relative(ctx.cwd, p);
+        return r === "" ? "." : r.startsWith("..") || isAbsolute(r) ? p : r;
+      };
       say(
         ctx,
-        `wrote cloud-init files for ${result.boards.length} boards and the inventory ${relative(ctx.cwd, result.inventory)} into ${shown}`,
+        `wrote cloud-init files for ${result.boards.length} boards and the inventory ${shown(result.inventory)} into ${shown(result.out)}`,
       );
+      for (const c of result.clusters) {
+        say(
+          ctx,
+          `${c.lab.name}: HypriotOS ${c.release}, eth0 by ${c.method}, image ${c.image}${c.imageUrl ? ` (download: curl -LO ${c.imageUrl})` : ""}`,
+        );
+      }
       say(ctx, "flash each SD card (one command per board):");
       for (const b of result.boards) printResult(ctx, b.flash);
+      say(ctx, `get flash: ${FLASH_INSTALL.command}`);
+      say(ctx, `(${FLASH_INSTALL.linux})`);
       say(
         ctx,
-        `then: ansible -u ${result.lab.user.name} -i ${relative(ctx.cwd, result.inventory)} -m ping all`,
+        `then: ansible -u ${result.clusters[0]?.lab.user.name ?? "pirate"} -i ${shown(result.inventory)} -m ping all`,
       );
+      say(ctx, `(${HYPHEN_NOTE})`);
     });
 }
