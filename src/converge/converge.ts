@@ -178,6 +178,8 @@ function scriptFailure(error: VagrantError): string {
 
 /** How long a stage waits for its check before running failed phases again. */
 const RETRY_SOON_MS = 20_000;
+/** The least time left worth starting another provisioning pass with. */
+const MIN_PASS_MS = 60_000;
 
 function duration(ms: number): string {
   return ms >= 90_000 ? `${Math.round(ms / 60_000)} min` : `${Math.round(ms / 1000)} s`;
@@ -293,7 +295,9 @@ async function runStage(
       elapsedMs: elapsed(),
     });
   let pass = 0;
-  while (pass < stage.maxPasses && Date.now() < deadline) {
+  // A pass that would have less than this left does not start: the last check stands.
+  const minPass = Math.min(MIN_PASS_MS, budget / 10);
+  while (pass < stage.maxPasses && deadline - Date.now() > (pass === 0 ? 0 : minPass)) {
     pass += 1;
     // What each node runs: phases that have not succeeded there, and from the second pass on,
     // the stage's retry phases where the check says the goal waits.
@@ -527,11 +531,15 @@ export async function createLab(options: CreateOptions): Promise<CreateResult> {
       pollMs: options.pollMs ?? 5_000,
       signal: options.signal,
     };
+    // Once a stage had to run, the ones after it are checked again even if recorded: what it
+    // changed (a restarted etcd, a new unit) may have changed what they verified.
+    let changed = false;
     for (const stage of wanted) {
-      if (await stageDone(stage, plan, state, book)) {
+      if (!changed && (await stageDone(stage, plan, state, book))) {
         skip(stage);
         continue;
       }
+      changed = true;
       delete state.stages[stage.name];
       emit({
         type: "stage",
