@@ -1,8 +1,8 @@
-import { randomBytes } from "node:crypto";
-import { chmod, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { chmod, mkdir, readFile, readdir, stat, unlink } from "node:fs/promises";
+import { join } from "node:path";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
+import { writeFileAtomic } from "../lab-dir/files.js";
 
 /** Private keys and kubeconfigs that embed one. */
 export const SECRET_MODE = 0o600;
@@ -41,29 +41,6 @@ export async function readTextIfExists(path: string): Promise<string | undefined
 export async function ensureDir(path: string): Promise<void> {
   await mkdir(path, { recursive: true, mode: DIR_MODE });
   await chmod(path, DIR_MODE);
-}
-
-/**
- * Write through a temporary file in the same directory and rename it into place, so a reader
- * sees the old or the new content and never half a key. The mode is set explicitly, whatever
- * the umask.
- */
-export async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
-  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
-  const handle = await open(temp, "wx", mode);
-  try {
-    try {
-      await handle.writeFile(content, "utf8");
-      await handle.chmod(mode);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, path);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
 }
 
 /** Write only when the bytes differ (so unchanged files keep their bytes and mtime); fix the mode. */
