@@ -1,8 +1,8 @@
 import { chmod, mkdir, readFile, readdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { K8slabError } from "../errors.js";
 import { writeFileAtomic } from "../lab-dir/files.js";
+import { readJsonFile } from "../lab-dir/json-file.js";
 
 /** Private keys and kubeconfigs that embed one. */
 export const SECRET_MODE = 0o600;
@@ -115,23 +115,9 @@ export const MANIFEST_FILE = "manifest.json";
 
 export async function readManifest(dir: string): Promise<Manifest | undefined> {
   const path = join(dir, MANIFEST_FILE);
-  const text = await readTextIfExists(path);
-  if (text === undefined) return undefined;
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch (error) {
-    throw corruptManifest(path, error);
-  }
-  const parsed = manifestSchema.safeParse(data);
-  if (!parsed.success) throw corruptManifest(path, parsed.error);
-  return parsed.data;
-}
-
-function corruptManifest(path: string, cause: unknown): K8slabError {
-  return new K8slabError(`${path} is not a valid k8slab PKI manifest`, {
-    hint: `remove ${path} and run the command again: the CA is kept and every other certificate is re-issued from it`,
-    cause,
+  return readJsonFile(path, manifestSchema, {
+    what: "the PKI manifest",
+    fix: `remove ${path} and render the lab again: it is rebuilt from the certificates on disk (the CA and every valid key are kept)`,
   });
 }
 
