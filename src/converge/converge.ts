@@ -8,7 +8,8 @@ import type { LabPlan } from "../plan/plan.js";
 import type { CheckResult } from "../probe/checks.js";
 import type { Transport } from "../probe/transport.js";
 import { chooseTransport, labVagrant, withArtifacts } from "../lifecycle/ops.js";
-import { renderLabDir, type RenderResult } from "../render/index.js";
+import { withLabLock } from "../lab-dir/lock.js";
+import { renderLabDir, resolveLabDir, type RenderResult } from "../render/index.js";
 import type { Runner } from "../util/exec.js";
 import { VagrantError, type Vagrant } from "../vagrant/vagrant.js";
 import { readState, writeState, type LabState } from "./state.js";
@@ -248,7 +249,9 @@ async function runStage(
  * stage until each stage's check passes. Finished stages are recorded in state.json and skipped
  * on the next run.
  */
-export async function createLab(options: CreateOptions): Promise<CreateResult> {
+export const createLab = async (o: CreateOptions) =>
+  withLabLock(await resolveLabDir(o), "create", () => createUnlocked(o));
+async function createUnlocked(options: CreateOptions): Promise<CreateResult> {
   const emit = options.onEvent ?? (() => {});
   emit({ type: "step", step: "render", status: "start", detail: "lab directory and PKI" });
   const rendered: RenderResult = await renderLabDir({

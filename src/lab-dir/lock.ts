@@ -35,6 +35,8 @@ export interface LockHolder {
 export interface LockOptions {
   /** How long a second command waits for the holder before it fails (default 10 s). */
   waitMs?: number;
+  /** Create the lock file's directory with this mode when it is missing (default: it must exist). */
+  dirMode?: number;
   /** Called once when the lock is busy and this command starts waiting. */
   onWait?: (holder: LockHolder) => void;
 }
@@ -186,8 +188,18 @@ export async function withLock<T>(
   if (mine.has(key)) return fn();
   let me: LockHolder;
   try {
+    if (options.dirMode !== undefined) {
+      const created = await mkdir(dirname(key), { recursive: true, mode: options.dirMode });
+      if (created !== undefined) await chmod(dirname(key), options.dirMode);
+    }
     me = await acquire(key, what, options);
   } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new K8slabError(`${dirname(key)} was removed while k8slab ${what} waited for it`, {
+        hint: "another k8slab command removed it (destroy --purge?); check, then run the command again",
+        cause: error,
+      });
+    }
     throw diskError(error, key) ?? error;
   }
   try {
@@ -225,6 +237,11 @@ export async function withLabLock<T>(
     created = await mkdir(root, { recursive: true, mode: 0o755 });
     if (created !== undefined) await chmod(root, 0o755);
   } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "EEXIST") {
+      throw new K8slabError(`${root} exists and is not a directory`, {
+        hint: "choose another --dir",
+      });
+    }
     throw diskError(error, root) ?? error;
   }
   try {

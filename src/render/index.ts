@@ -34,6 +34,12 @@ export function defaultLabDir(cwd: string, lab: Pick<Lab, "name">, dir?: string)
   return resolve(cwd, dir ?? lab.name);
 }
 
+/** The lab directory a command on this lab works in (the lab is loaded and validated). */
+export async function resolveLabDir(options: Pick<RenderOptions, "lab" | "cwd" | "dir">) {
+  const { lab } = await loadLab(options.lab, { cwd: options.cwd });
+  return defaultLabDir(options.cwd, lab, options.dir);
+}
+
 /**
  * Validate the lab, then write its directory: Vagrantfile, provisioners, lab.json and the PKI,
  * holding the directory's lock (re-entrant: `create` holds it already). An invalid lab throws
