@@ -51,7 +51,9 @@ export async function openLab(options: {
   });
   if (saved === undefined) {
     throw new K8slabError(`${dir} is not a k8slab lab directory (no lab.json)`, {
-      hint: "run it inside a lab directory, or give the lab or --dir; create one with: k8slab create <lab>",
+      hint: options.lab
+        ? `create it with: k8slab create ${options.lab}${options.dir ? ` --dir ${options.dir}` : ""}`
+        : "run it inside a lab directory, or give the lab or --dir; create one with: k8slab create three-node (k8slab labs lists the others)",
       exitCode: 2,
     });
   }
