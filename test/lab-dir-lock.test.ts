@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { existsSync } from "node:fs";
-import { readFile, readdir, writeFile } from "node:fs/promises";
+import { readFile, readdir, utimes, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -113,6 +113,7 @@ describe("the lab directory lock", () => {
   it("takes over a lock left by a dead process, a reused pid or a cut-short lock file", async () => {
     const dir = await tmp();
     const lock = join(dir, LOCK_FILE);
+    const longAgo = new Date(Date.now() - 60_000);
     for (const text of [
       lockText({ pid: await deadPid() }),
       // Our own pid, but a different start time: the holder died and its pid was reused.
@@ -121,10 +122,21 @@ describe("the lab directory lock", () => {
       '{"pid": 12',
     ]) {
       await writeFile(lock, text);
+      await utimes(lock, longAgo, longAgo);
       const seen = await withLabLock(dir, "render", () => readFile(lock, "utf8"), { waitMs: 0 });
       expect(JSON.parse(seen)).toMatchObject({ pid: process.pid, command: "render" });
       expect(existsSync(lock)).toBe(false);
     }
+  });
+
+  it("an empty lock file that is being written this instant is not taken", async () => {
+    const dir = await tmp();
+    const lock = join(dir, LOCK_FILE);
+    await writeFile(lock, "");
+    await expect(withLabLock(dir, "render", async () => "stolen", { waitMs: 300 })).rejects.toThrow(
+      /stayed locked for 300 ms by an unreadable lock file/,
+    );
+    expect(await readFile(lock, "utf8")).toBe("");
   });
 
   it("is re-entrant within one call chain: create holds it while it renders", async () => {

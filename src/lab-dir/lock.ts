@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { chmod, link, mkdir, open, readFile, rename, rmdir, unlink } from "node:fs/promises";
+import { chmod, link, mkdir, open, readFile, rename, rmdir, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -42,6 +42,8 @@ export interface LockOptions {
 }
 
 const DEFAULT_WAIT_MS = 10_000;
+/** A lock file still empty after this long was cut short by a crash, not being written. */
+const CUT_SHORT_MS = 2_000;
 /** Locks this async call chain holds: re-entrant within one chain, exclusive across chains. */
 const held = new AsyncLocalStorage<ReadonlySet<string>>();
 
@@ -86,6 +88,14 @@ async function readHolder(path: string): Promise<LockHolder | "gone" | undefined
   }
 }
 
+async function olderThan(path: string, ms: number): Promise<boolean> {
+  try {
+    return Date.now() - (await stat(path)).mtimeMs > ms;
+  } catch {
+    return false;
+  }
+}
+
 async function tryCreate(path: string, holder: LockHolder): Promise<boolean> {
   let handle;
   try {
@@ -103,11 +113,12 @@ async function tryCreate(path: string, holder: LockHolder): Promise<boolean> {
 }
 
 /**
- * Remove a lock whose holder is dead. Only one contender may do it: the others could otherwise
- * remove the lock the first one just took. Moving the lock aside is atomic; whoever moved it
- * checks it is still the dead holder's, and puts back a live one it took by mistake.
+ * Remove a lock whose holder is dead (or that was cut short). Only one contender may do it: the
+ * others could otherwise remove the lock the first one just took. Moving the lock aside is
+ * atomic; whoever moved it checks it is still the stale one, and puts back a live one it took by
+ * mistake.
  */
-async function removeStale(path: string, stale: LockHolder): Promise<void> {
+async function removeStale(path: string, stale: LockHolder | undefined): Promise<void> {
   const aside = `${path}.stale-${randomBytes(4).toString("hex")}`;
   try {
     await rename(path, aside);
@@ -116,10 +127,13 @@ async function removeStale(path: string, stale: LockHolder): Promise<void> {
     throw error;
   }
   const moved = await readHolder(aside);
-  if (moved !== "gone" && moved !== undefined && moved.token !== stale.token) {
+  if (moved !== "gone" && moved !== undefined && moved.token !== stale?.token) {
     // Another contender took over between our read and our move: give its lock back (link,
-    // unlike rename, never replaces a lock a third one may have taken meanwhile).
-    await link(aside, path).catch(() => undefined);
+    // unlike rename, never replaces a lock a third one may have taken meanwhile; rename where
+    // the file system has no hard links).
+    await link(aside, path)
+      .catch((e: NodeJS.ErrnoException) => (e.code === "EEXIST" ? undefined : rename(aside, path)))
+      .catch(() => undefined);
   }
   await unlink(aside).catch(() => undefined);
 }
@@ -149,18 +163,24 @@ async function acquire(path: string, what: string, options: LockOptions): Promis
     if (await tryCreate(path, me)) return me;
     const holder = await readHolder(path);
     if (holder === "gone") continue;
-    if (holder === undefined || !holderAlive(holder)) {
-      if (holder !== undefined) await removeStale(path, holder);
-      else await unlink(path).catch(() => undefined);
+    // A lock file without a holder is being written this instant, or was cut short long ago.
+    if (holder === undefined ? await olderThan(path, CUT_SHORT_MS) : !holderAlive(holder)) {
+      await removeStale(path, holder);
       continue;
     }
-    last = holder;
-    if (!told) options.onWait?.(holder);
-    told = true;
+    if (holder !== undefined) {
+      last = holder;
+      if (!told) options.onWait?.(holder);
+      told = true;
+    }
     await sleep(Math.min(50 * 2 ** Math.min(attempt, 4), 500));
   }
-  const holder = last!;
-  throw new K8slabError(`${path} is locked: ${describeHolder(holder)} is working on this lab`, {
+  if (last === undefined) {
+    throw new K8slabError(`${path} stayed locked for ${waitMs} ms by an unreadable lock file`, {
+      hint: `if no k8slab runs on this lab, remove ${path}`,
+    });
+  }
+  throw new K8slabError(`${path} is locked: ${describeHolder(last)} is working on this lab`, {
     hint:
       `wait for it to finish (or stop it), then run the command again; if no k8slab runs any ` +
       `more, remove ${path}`,
