@@ -1,9 +1,9 @@
 import { randomBytes, X509Certificate } from "node:crypto";
-import { chmod, mkdir, readFile, readdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
-import { mkdirWithMode, removeAtomicTemps, writeFileAtomic } from "../lab-dir/files.js";
+import { mkdirWithMode, removeAtomicTemps } from "../lab-dir/files.js";
 import { CorruptFileError, readJsonFile } from "../lab-dir/json-file.js";
 import { LOCK_FILE } from "../lab-dir/lock.js";
 import type { RenderedFile } from "./render.js";
@@ -33,11 +33,13 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** Into the staging directory: no reader sees it before the swap, so plain writes do. */
 async function writeFiles(root: string, files: readonly RenderedFile[]): Promise<void> {
   for (const file of files) {
     const target = join(root, file.path);
     await mkdirWithMode(root, dirname(target), RENDERED_DIR_MODE);
-    await writeFileAtomic(target, file.content, file.mode);
+    await writeFile(target, file.content, { mode: file.mode });
+    await chmod(target, file.mode);
   }
 }
 
