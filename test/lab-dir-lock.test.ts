@@ -4,7 +4,9 @@ import { readFile, readdir, utimes, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
+import { parse, stringify } from "yaml";
 import { LOCK_FILE, withLabLock, type LockHolder } from "../src/lab-dir/lock.js";
+import { mergeKubeconfig } from "../src/lifecycle/kubeconfig.js";
 import { renderLabDir } from "../src/render/index.js";
 import { cliArgv } from "./helpers/cli-process.js";
 import { useTmpDirs } from "./helpers/tmp.js";
@@ -162,5 +164,34 @@ describe("the lab directory lock", () => {
     ).rejects.toThrow("boom");
     expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
     expect(existsSync(dir)).toBe(true);
+  });
+});
+
+describe("kubeconfig --merge under the lock", () => {
+  it("concurrent merges of several labs into one kubeconfig lose none of them", async () => {
+    const dir = await tmp();
+    const labs = ["alpha", "beta", "gamma", "delta"];
+    for (const name of labs) {
+      const server = `https://192.0.2.${labs.indexOf(name) + 1}:6443`;
+      await writeFile(
+        join(dir, `${name}.kubeconfig`),
+        stringify({
+          apiVersion: "v1",
+          kind: "Config",
+          clusters: [{ name, cluster: { server } }],
+          users: [{ name: `admin-${name}`, user: {} }],
+          contexts: [{ name, context: { cluster: name, user: `admin-${name}` } }],
+          "current-context": name,
+        }),
+      );
+    }
+    const target = join(dir, "kube", "config");
+    const results = await Promise.allSettled(
+      labs.map((name) => mergeKubeconfig(join(dir, `${name}.kubeconfig`), target)),
+    );
+    expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+    const merged = parse(await readFile(target, "utf8")) as { contexts: unknown[] };
+    expect(merged.contexts).toHaveLength(labs.length);
+    expect(existsSync(`${target}.k8slab-lock`)).toBe(false);
   });
 });
