@@ -20,6 +20,11 @@ import { diskError } from "./disk-errors.js";
  */
 export const LOCK_FILE = ".k8slab.lock";
 
+/** The lock file, or a lock a contender moved aside to remove it (see removeStale). */
+export function isLockEntry(name: string): boolean {
+  return name === LOCK_FILE || /^\.k8slab\.lock\.stale-[0-9a-f]{8}$/.test(name);
+}
+
 export interface LockHolder {
   pid: number;
   host: string;
@@ -74,7 +79,7 @@ function parseHolder(text: string): LockHolder | undefined {
     const data = JSON.parse(text) as Partial<LockHolder>;
     if (typeof data.pid === "number" && typeof data.token === "string") return data as LockHolder;
   } catch {
-    // A lock file cut short by a crash between create and write: nobody holds it.
+    // Being written this instant, or cut short by a crash between create and write.
   }
   return undefined;
 }
@@ -157,7 +162,7 @@ async function acquire(path: string, what: string, options: LockOptions): Promis
   const deadline = Date.now() + waitMs;
   let told = false;
   let last: LockHolder | undefined;
-  // Bounded: at most one attempt per 50 ms until the deadline, and at least two attempts.
+  // Bounded by the deadline (at least two attempts); sleeps between attempts while the lock is held.
   for (let attempt = 0; attempt < 2 || Date.now() < deadline; attempt++) {
     me.since = new Date().toISOString();
     if (await tryCreate(path, me)) return me;

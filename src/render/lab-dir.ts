@@ -5,7 +5,7 @@ import { z } from "zod";
 import { K8slabError } from "../errors.js";
 import { mkdirWithMode, removeAtomicTemps } from "../lab-dir/files.js";
 import { CorruptFileError, readJsonFile } from "../lab-dir/json-file.js";
-import { LOCK_FILE } from "../lab-dir/lock.js";
+import { isLockEntry } from "../lab-dir/lock.js";
 import type { RenderedFile } from "./render.js";
 
 /**
@@ -69,7 +69,7 @@ export interface CheckLabDirOptions {
 
 /** Files in a lab directory that are no lab content: the lock and leftovers of a killed run. */
 function isBookkeeping(entry: string): boolean {
-  return entry === LOCK_FILE || STAGE.test(entry);
+  return isLockEntry(entry) || STAGE.test(entry);
 }
 
 /**
