@@ -94,7 +94,7 @@ describe("an interrupted render", () => {
       const child = execa(CLI[0]!, [...CLI.slice(1), "render", lab, "--dir", dir], {
         cwd,
         reject: false,
-        timeout: 60_000,
+        timeout: 180_000,
       });
       await new Promise((r) => setTimeout(r, afterMs));
       child.kill("SIGKILL");
@@ -113,7 +113,7 @@ describe("an interrupted render", () => {
     expect(await readdir(cwd)).toEqual(["lab"]);
     expect((await readdir(join(cwd, "lab"))).filter((e) => e.startsWith("."))).toEqual([]);
     expect((await readdir(join(cwd, "lab", "pki"))).filter((e) => e.endsWith(".tmp"))).toEqual([]);
-  });
+  }, 240_000);
 
   it("over an existing lab: leftovers go, user files that look alike stay, keys are kept", async () => {
     const cwd = await tmp();
@@ -151,7 +151,7 @@ describe("an interrupted render", () => {
     expect(await left(join(cwd, "lab", "pki"))).toEqual([...userFiles].sort());
     expect(await left(join(cwd, "lab", "pki", "nodes", "k8s"))).toEqual([]);
     expect((await readdir(cwd)).sort()).toEqual(["lab", "moved.yaml", ...userFiles].sort());
-  });
+  }, 240_000);
 });
 
 describe("modes", () => {
@@ -160,7 +160,7 @@ describe("modes", () => {
     const result = await execa(
       "sh",
       ["-c", 'umask 000 && exec "$@"', "sh", ...CLI, "render", "three-node", "--dir", "lab"],
-      { cwd, reject: false, timeout: 60_000 },
+      { cwd, reject: false, timeout: 180_000 },
     );
     expect(result.exitCode, result.stderr).toBe(0);
     const modes = await treeModes(join(cwd, "lab"));
@@ -172,7 +172,7 @@ describe("modes", () => {
     for (const [path, mode] of Object.entries(modes)) {
       expect(parseInt(mode, 8) & 0o022, `${path} is ${mode}`).toBe(0);
     }
-  });
+  }, 240_000);
 });
 
 /** A tmpfs the test mounts (root only) and always unmounts. */

@@ -61,7 +61,7 @@ describe("the lab directory lock", () => {
     expect(await readFile(join(cwd, "lab", "pki", "ca-key.pem"), "utf8")).toBe(caKey);
     expect((await readdir(join(cwd, "lab"))).filter((e) => e.startsWith("."))).toEqual([]);
     expect((await readdir(cwd)).sort()).toEqual(["lab"]);
-  });
+  }, 240_000);
 
   it("a second command waits, then fails naming the holder's pid, command and start", async () => {
     const dir = join(await tmp(), "lab");
