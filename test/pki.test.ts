@@ -672,6 +672,18 @@ describe("checkPkiExpiry", () => {
     expect(warnings.every((w) => w.daysLeft < 0)).toBe(true);
   });
 
+  it("names a damaged certificate instead of crashing (status reads them)", async () => {
+    const dir = await newLabCopy("expiry-damaged");
+    const path = join(dir, "pki", "apiserver.pem");
+    await writeFile(path, (await read(path)).slice(0, 200));
+    const error = await checkPkiExpiry(dir).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(K8slabError);
+    expect((error as K8slabError).message).toBe(
+      `${path} is not a readable certificate (cut short or damaged)`,
+    );
+    expect((error as K8slabError).hint).toMatch(/k8slab render/);
+  });
+
   it("returns nothing when the lab has no PKI yet", async () => {
     expect(await checkPkiExpiry(join(root, "nothing-here"))).toEqual([]);
   });
