@@ -583,6 +583,52 @@ describe("re-running ensurePki", () => {
     expect((error as K8slabError).hint).toMatch(/remove .*manifest\.json/);
   });
 
+  it("a lost manifest is rebuilt from the certificates on disk: no key changes", async () => {
+    const dir = await newLabCopy("manifest-gone");
+    const manifest = await read(join(dir, "pki", "manifest.json"));
+    await unlink(join(dir, "pki", "manifest.json"));
+    const before = await snapshotTree(join(dir, "pki"));
+    const result = await ensurePki(dir, threeNodeTopology());
+    expect(result.reissued).toEqual([]);
+    expect(result.created).toEqual([]);
+    expect(await read(join(dir, "pki", "manifest.json"))).toBe(manifest);
+    expect(changedFiles(before, await snapshotTree(join(dir, "pki")))).toEqual(["manifest.json"]);
+  });
+
+  it("a lost manifest still re-issues what no longer fits the lab, and only that", async () => {
+    const dir = await newLabCopy("manifest-gone-changed");
+    await unlink(join(dir, "pki", "manifest.json"));
+    const moved = threeNodeTopology();
+    moved.nodes = moved.nodes.map((n) =>
+      n.name === "minion2" ? { ...n, ip: "192.168.56.177" } : n,
+    );
+    const result = await ensurePki(dir, moved);
+    expect(result.reissued.map((r) => r.name).sort()).toEqual(
+      ["etcd-peer-minion2", "etcd-server-minion2", "kubelet-server-minion2"].sort(),
+    );
+    expect(result.reissued[0]!.reason).toMatch(
+      /SANs changed: 192\.168\.56\.167 -> 192\.168\.56\.177/,
+    );
+  });
+
+  it("a corrupt ca.pem or ca-key.pem stops with the file and the way back; nothing is replaced", async () => {
+    for (const [file, hint] of [
+      ["ca.pem", /cp .*pki\/nodes\/\w+\/ca\.pem .*pki\/ca\.pem/],
+      ["ca-key.pem", /restore ca-key\.pem from a backup/],
+    ] as const) {
+      const dir = await newLabCopy(`corrupt-${file}`);
+      const path = join(dir, "pki", file);
+      const text = await read(path);
+      await writeFile(path, text.slice(0, text.length / 2));
+      const before = await snapshotTree(join(dir, "pki"));
+      const error = await ensurePki(dir, threeNodeTopology()).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(K8slabError);
+      expect((error as K8slabError).message).toContain(`${path} is not a readable`);
+      expect((error as K8slabError).hint).toMatch(hint);
+      expect(changedFiles(before, await snapshotTree(join(dir, "pki")))).toEqual([]);
+    }
+  });
+
   it("refuses to build a new CA over certificates of an old one", async () => {
     const dir = await newLabCopy("no-ca");
     await unlink(join(dir, "pki", "ca-key.pem"));
@@ -626,6 +672,18 @@ describe("checkPkiExpiry", () => {
     const warnings = await checkPkiExpiry(labDir, { now: later });
     expect(warnings).toHaveLength(LEAVES.length);
     expect(warnings.every((w) => w.daysLeft < 0)).toBe(true);
+  });
+
+  it("names a damaged certificate instead of crashing (status reads them)", async () => {
+    const dir = await newLabCopy("expiry-damaged");
+    const path = join(dir, "pki", "apiserver.pem");
+    await writeFile(path, (await read(path)).slice(0, 200));
+    const error = await checkPkiExpiry(dir).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(K8slabError);
+    expect((error as K8slabError).message).toBe(
+      `${path} is not a readable certificate (cut short or damaged)`,
+    );
+    expect((error as K8slabError).hint).toMatch(/k8slab render/);
   });
 
   it("returns nothing when the lab has no PKI yet", async () => {

@@ -1,13 +1,16 @@
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import pRetry, { AbortError } from "p-retry";
+import { z } from "zod";
 import { K8slabError } from "../errors.js";
+import { writeFileAtomic } from "../lab-dir/files.js";
+import { readJsonFile } from "../lab-dir/json-file.js";
 import type { Lab } from "../lab/schema.js";
 
 export type Artifact = Lab["artifacts"][string];
@@ -26,11 +29,21 @@ export function artifactPath(cache: string, sha256: string, url: string): string
 
 export interface PullProgress {
   name: string;
-  event: "cached" | "start" | "progress" | "done" | "retry";
+  /**
+   * cached: in the cache and its sha256 verified again; damaged: the cached copy failed that
+   * check and is fetched again; recorded: no published checksum, so the first download's
+   * sha256 was recorded (`sha256`) and every later use is verified against it.
+   */
+  event: "cached" | "damaged" | "start" | "progress" | "done" | "retry" | "recorded";
   received?: number;
   total?: number;
   message?: string;
+  sha256?: string;
 }
+
+/** How an artifact is verified, decided for every artifact before any download starts. */
+export type Verification =
+  { by: "lab"; sha256: string } | { by: "pin"; sha256: string } | { by: "first-download" };
 
 export interface PulledArtifact {
   name: string;
@@ -40,14 +53,16 @@ export interface PulledArtifact {
   size: number;
   /** false when it was already in the cache. */
   downloaded: boolean;
-  /** true when its checksum was recorded by --pin rather than given in the lab file. */
+  /** true when its checksum was recorded on a first download rather than given in the lab file. */
   pinned: boolean;
+  /** true when that recording happened in this pull: tell the user the sha256. */
+  recorded: boolean;
 }
 
 export interface PullOptions {
   cache: string;
-  /** Record the checksum of artifacts the lab gives none for (trust on first download). */
-  pin?: boolean;
+  /** How to name the lab in hints (what the user typed: a built-in name or a file). */
+  labRef?: string | undefined;
   onProgress?: (p: PullProgress) => void;
   /** Attempts per artifact for transient failures (network errors, 5xx). */
   attempts?: number;
@@ -57,19 +72,22 @@ export interface PullOptions {
 }
 
 const PINS_FILE = "pins.json";
+const SHA256 = /^[0-9a-f]{64}$/;
+const pinsSchema = z.record(z.string(), z.string().regex(SHA256, "not a sha256"));
 
 async function readPins(cache: string): Promise<Record<string, string>> {
-  try {
-    return JSON.parse(await readFile(join(cache, PINS_FILE), "utf8")) as Record<string, string>;
-  } catch {
-    return {};
-  }
+  const file = join(cache, PINS_FILE);
+  return (
+    (await readJsonFile(file, pinsSchema, {
+      what: "the sha256 recorded on first downloads",
+      fix: `remove ${file}: each artifact without a sha256 in its lab file is recorded again on its next download`,
+    })) ?? {}
+  );
 }
 
-async function writePins(cache: string, pins: Record<string, string>): Promise<void> {
-  const tmp = join(cache, `${PINS_FILE}.${randomBytes(4).toString("hex")}`);
-  await writeFile(tmp, `${JSON.stringify(pins, null, 2)}\n`);
-  await rename(tmp, join(cache, PINS_FILE));
+async function recordPin(cache: string, url: string, sha256: string): Promise<void> {
+  const pins = { ...(await readPins(cache)), [url]: sha256 };
+  await writeFileAtomic(join(cache, PINS_FILE), `${JSON.stringify(pins, null, 2)}\n`, 0o644);
 }
 
 export async function sha256File(path: string): Promise<string> {
@@ -79,30 +97,37 @@ export async function sha256File(path: string): Promise<string> {
 }
 
 /**
- * The checksum an artifact must have: the lab's, or the one pinned on an earlier download.
- * Throws when there is neither and pinning was not asked for.
+ * How each artifact of the lab will be verified: the sha256 in the lab file, else the one
+ * recorded on an earlier first download, else it is trusted on this first download and recorded.
  */
-export async function expectedSha256(
-  name: string,
-  artifact: Artifact,
+export async function planVerification(
+  lab: Lab,
   cache: string,
-  pin: boolean,
-): Promise<string | undefined> {
-  if (artifact.sha256) return artifact.sha256;
-  const pinned = (await readPins(cache))[artifact.url];
-  if (pinned) return pinned;
-  if (pin) return undefined;
-  throw new K8slabError(`artifact ${name} has no sha256 in the lab file and none was pinned yet`, {
-    hint: `add its published sha256 to the lab file, or trust the first download: k8slab cache pull <lab> --pin`,
+): Promise<{ name: string; artifact: Artifact; verification: Verification }[]> {
+  const pins = await readPins(cache);
+  return Object.entries(lab.artifacts).map(([name, artifact]) => {
+    const pinned = pins[artifact.url];
+    const verification: Verification = artifact.sha256
+      ? { by: "lab", sha256: artifact.sha256 }
+      : pinned
+        ? { by: "pin", sha256: pinned }
+        : { by: "first-download" };
+    return { name, artifact, verification };
   });
 }
 
-/** Download every artifact of a lab once into the cache, verifying each checksum. */
+/**
+ * Download every artifact of a lab once into the cache, verifying each checksum; a cached copy is
+ * verified again on every use and fetched again when damaged. How every artifact is verified is
+ * decided before the first download starts.
+ */
 export async function pullArtifacts(lab: Lab, options: PullOptions): Promise<PulledArtifact[]> {
+  const plans = await planVerification(lab, options.cache);
   await mkdir(join(options.cache, "artifacts"), { recursive: true });
+  const labRef = options.labRef ?? lab.name;
   const results: PulledArtifact[] = [];
-  for (const [name, artifact] of Object.entries(lab.artifacts)) {
-    results.push(await pullOne(name, artifact, options));
+  for (const { name, artifact, verification } of plans) {
+    results.push(await pullOne(name, artifact, verification, { ...options, labRef }));
   }
   return results;
 }
@@ -110,25 +135,33 @@ export async function pullArtifacts(lab: Lab, options: PullOptions): Promise<Pul
 async function pullOne(
   name: string,
   artifact: Artifact,
-  options: PullOptions,
+  verification: Verification,
+  options: PullOptions & { labRef: string },
 ): Promise<PulledArtifact> {
-  const { cache } = options;
+  const { cache, labRef } = options;
   const report = options.onProgress ?? (() => {});
-  const expected = await expectedSha256(name, artifact, cache, options.pin ?? false);
+  const expected = verification.by === "first-download" ? undefined : verification.sha256;
+  const pinned = verification.by !== "lab";
   if (expected) {
     const path = artifactPath(cache, expected, artifact.url);
     const size = await sizeOf(path);
     if (size !== undefined) {
-      report({ name, event: "cached", total: size });
-      return {
-        name,
-        url: artifact.url,
-        sha256: expected,
-        path,
-        size,
-        downloaded: false,
-        pinned: !artifact.sha256,
-      };
+      const actual = await sha256File(path);
+      if (actual === expected) {
+        report({ name, event: "cached", total: size });
+        return {
+          name,
+          url: artifact.url,
+          sha256: expected,
+          path,
+          size,
+          downloaded: false,
+          pinned,
+          recorded: false,
+        };
+      }
+      report({ name, event: "damaged", message: `sha256 ${actual}, expected ${expected}` });
+      await rm(path, { force: true });
     }
   }
   report({ name, event: "start" });
@@ -153,7 +186,7 @@ async function pullOne(
       throw new K8slabError(
         `cannot download artifact ${name} from ${artifact.url}: ${describe(error)}`,
         {
-          hint: "check the network (and HTTPS_PROXY), then run k8slab cache pull again",
+          hint: `check the network (and HTTPS_PROXY), then run k8slab cache pull ${labRef}`,
           cause: error,
         },
       );
@@ -163,16 +196,17 @@ async function pullOne(
         `artifact ${name} is corrupt: ${artifact.url} has sha256 ${sha256}, expected ${expected}`,
         {
           hint: artifact.sha256
-            ? "the download was damaged or the URL serves another file; run k8slab cache pull again, or check url and sha256 in the lab file"
-            : `the file changed since it was pinned; check the URL, then remove its line from ${join(cache, PINS_FILE)} to pin again`,
+            ? `the download was damaged or the URL serves another file; run k8slab cache pull ${labRef} again, or check url and sha256 in the lab file`
+            : `the file changed since its sha256 was recorded on the first download; check the URL (better: put its published sha256 in the lab file), or, to accept the new file, remove its line from ${join(cache, PINS_FILE)} and run k8slab cache pull ${labRef}`,
         },
       );
     }
     const path = artifactPath(cache, sha256, artifact.url);
     await mkdir(join(cache, "artifacts", sha256), { recursive: true });
     await rename(tmp, path);
-    if (!expected) await writePins(cache, { ...(await readPins(cache)), [artifact.url]: sha256 });
+    if (!expected) await recordPin(cache, artifact.url, sha256);
     report({ name, event: "done", received: size, total: size });
+    if (!expected) report({ name, event: "recorded", sha256 });
     return {
       name,
       url: artifact.url,
@@ -180,7 +214,8 @@ async function pullOne(
       path,
       size,
       downloaded: true,
-      pinned: !artifact.sha256,
+      pinned,
+      recorded: !expected,
     };
   } finally {
     await rm(tmp, { force: true });

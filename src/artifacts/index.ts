@@ -2,15 +2,14 @@ import { loadLab } from "../lab/load.js";
 import type { Problem } from "../lab/problems.js";
 import { cacheDir, pullArtifacts, type PullProgress, type PulledArtifact } from "./cache.js";
 
-export { cacheDir, pullArtifacts, sha256File, artifactPath } from "./cache.js";
-export type { PulledArtifact, PullProgress } from "./cache.js";
+export { cacheDir, planVerification, pullArtifacts, sha256File, artifactPath } from "./cache.js";
+export type { PulledArtifact, PullProgress, Verification } from "./cache.js";
 export { serveArtifacts, type ArtifactServer } from "./server.js";
 
 export interface CachePullOptions {
   lab: string;
   cwd: string;
   env: NodeJS.ProcessEnv;
-  pin?: boolean;
   onProgress?: (p: PullProgress) => void;
   signal?: AbortSignal;
 }
@@ -23,7 +22,7 @@ export async function cachePull(
   const cache = cacheDir(options.env);
   const artifacts = await pullArtifacts(lab, {
     cache,
-    pin: options.pin ?? false,
+    labRef: options.lab,
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
   });

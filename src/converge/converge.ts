@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import pRetry from "p-retry";
 import { runDoctor, type DoctorItem } from "../doctor/doctor.js";
 import { K8slabError } from "../errors.js";
-import { loadLab } from "../lab/load.js";
+import { loadLab, type LoadedLab } from "../lab/load.js";
 import type { LabPlan, NodePlan, Phase } from "../plan/plan.js";
 import type { CheckResult } from "../probe/checks.js";
 import type { Transport } from "../probe/transport.js";
@@ -15,6 +15,7 @@ import {
   pullLabArtifacts,
   serveLabArtifacts,
 } from "../lifecycle/ops.js";
+import { withLabLock } from "../lab-dir/lock.js";
 import { defaultLabDir, renderLabDir, type RenderResult } from "../render/index.js";
 import type { Runner } from "../util/exec.js";
 import { VagrantError, type Vagrant } from "../vagrant/vagrant.js";
@@ -394,10 +395,19 @@ async function runStage(
  * recorded in state.json; the next run does only what is left.
  */
 export async function createLab(options: CreateOptions): Promise<CreateResult> {
-  const emit = options.onEvent ?? (() => {});
-  // The host checks come first: a host that cannot run the lab gets nothing written.
   const loaded = await loadLab(options.lab, { cwd: options.cwd });
-  const intended = defaultLabDir(options.cwd, loaded.lab, options.dir);
+  const dir = defaultLabDir(options.cwd, loaded.lab, options.dir);
+  return withLabLock(dir, "create", () => createLocked(options, loaded, dir));
+}
+
+async function createLocked(
+  options: CreateOptions,
+  loaded: LoadedLab,
+  intended: string,
+): Promise<CreateResult> {
+  const emit = options.onEvent ?? (() => {});
+  // The host checks come first: a host that cannot run the lab gets nothing written (the lock
+  // takes its directory back when nothing else was written).
   const provider = options.provider ?? loaded.lab.provider.name;
   emit({ type: "step", step: "doctor", status: "start", detail: "host checks" });
   const items = await runDoctor({

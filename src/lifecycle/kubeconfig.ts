@@ -3,6 +3,7 @@ import { homedir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { parse, stringify } from "yaml";
 import { K8slabError } from "../errors.js";
+import { withLock } from "../lab-dir/lock.js";
 
 interface Named {
   name: string;
@@ -33,7 +34,11 @@ function names(list: Named[] | undefined): Set<string> {
  * Add the lab's cluster, user and context to the user's kubeconfig, replacing entries of the same
  * names and keeping everything else; the previous file is kept as a backup first.
  */
-export async function mergeKubeconfig(
+export const mergeKubeconfig: typeof mergeUnlocked = (lab, target, now) =>
+  withLock(`${target}.k8slab-lock`, "kubeconfig --merge", () => mergeUnlocked(lab, target, now), {
+    dirMode: 0o700,
+  });
+async function mergeUnlocked(
   labKubeconfig: string,
   target: string,
   now = new Date(),

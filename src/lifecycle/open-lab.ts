@@ -1,9 +1,12 @@
-import { readFile, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
+import { z } from "zod";
 import { K8slabError } from "../errors.js";
+import { readJsonFile } from "../lab-dir/json-file.js";
 import { loadLab } from "../lab/load.js";
 import { labSchema, type Lab } from "../lab/schema.js";
 import { planLab, type LabPlan } from "../plan/plan.js";
+import { LAB_JSON, labOfPki, repairCommand } from "../render/lab-dir.js";
 
 export interface OpenLab {
   dir: string;
@@ -37,20 +40,26 @@ export async function openLab(options: {
         ? candidate
         : resolve(options.cwd, (await loadLab(options.lab, { cwd: options.cwd })).lab.name);
   } else dir = resolve(options.cwd);
-  let raw: string;
-  try {
-    raw = await readFile(join(dir, "lab.json"), "utf8");
-  } catch {
+  const file = join(dir, LAB_JSON);
+  const labRef = options.lab ?? (await labOfPki(dir));
+  const fix = labRef
+    ? `rebuild it, keeping the PKI: ${repairCommand(labRef, dir)}`
+    : `rebuild it, keeping the PKI, from the lab file (or built-in lab) you rendered it from: ${repairCommand("LAB", dir)}`;
+  const saved = await readJsonFile(file, z.object({ lab: z.unknown() }), {
+    what: "the rendered lab",
+    fix,
+  });
+  if (saved === undefined) {
     throw new K8slabError(`${dir} is not a k8slab lab directory (no lab.json)`, {
-      hint: "run it inside a lab directory, or give the lab or --dir; create one with: k8slab create <lab>",
+      hint: options.lab
+        ? `create it with: k8slab create ${options.lab}${options.dir ? ` --dir ${options.dir}` : ""}`
+        : "run it inside a lab directory, or give the lab or --dir; create one with: k8slab create three-node (k8slab labs lists the others)",
       exitCode: 2,
     });
   }
-  const parsed = labSchema.safeParse((JSON.parse(raw) as { lab?: unknown }).lab);
+  const parsed = labSchema.safeParse(saved.lab);
   if (!parsed.success) {
-    throw new K8slabError(`${join(dir, "lab.json")} does not hold a valid lab`, {
-      hint: "render the lab again: k8slab render <lab> --dir " + dir,
-    });
+    throw new K8slabError(`${file} does not hold a valid lab`, { hint: fix });
   }
   return { dir, lab: parsed.data, plan: planLab(parsed.data) };
 }

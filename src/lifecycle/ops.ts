@@ -9,6 +9,7 @@ import {
 import { readState, statePath } from "../converge/state.js";
 import { provisionersFor } from "../converge/stages.js";
 import { K8slabError } from "../errors.js";
+import { withLabLock } from "../lab-dir/lock.js";
 import { checkPkiExpiry, type ExpiryWarning } from "../pki/index.js";
 import { PHASES, type LabPlan, type Phase } from "../plan/plan.js";
 import {
@@ -98,7 +99,9 @@ export function chooseTransport(plan: LabPlan, pkiDir: string, vagrant: Vagrant)
 }
 
 /** `k8slab provision [--phase P]`: one phase, or every phase in order, on every node that has it. */
-export async function provisionLab(
+export const provisionLab: typeof provisionUnlocked = (open, o) =>
+  withLabLock(open.dir, "provision", () => provisionUnlocked(open, o));
+async function provisionUnlocked(
   open: OpenLab,
   options: LabRunOptions & { phase?: Phase | undefined },
 ): Promise<{ ran: { node: string; provisioners: string[] }[] }> {
@@ -188,7 +191,9 @@ export async function labStatus(open: OpenLab, options: LabRunOptions): Promise<
 }
 
 /** `k8slab destroy`: every VM goes; the PKI stays unless purge (then the whole lab directory). */
-export async function destroyLab(
+export const destroyLab: typeof destroyUnlocked = (open, o) =>
+  withLabLock(open.dir, "destroy", () => destroyUnlocked(open, o));
+async function destroyUnlocked(
   open: OpenLab,
   options: LabRunOptions & { purge: boolean },
 ): Promise<void> {

@@ -1,9 +1,9 @@
-import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
+import { createHash, createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { K8slabError } from "../errors.js";
 import { planNodeBundle } from "./bundles.js";
-import type { CertSpec } from "./cert-specs.js";
+import type { CertSpec, IssuedSpec } from "./cert-specs.js";
 import { caCommonName, planCertificates, SERVICE_ACCOUNT, specDifferences } from "./cert-specs.js";
 import type { CertificateAuthority, KeyPairPem } from "./certs.js";
 import {
@@ -16,6 +16,7 @@ import {
   validityFrom,
 } from "./certs.js";
 import { planKubeconfigs, renderKubeconfig } from "./kubeconfig.js";
+import { issuedSpecOf } from "./read-cert.js";
 import type { CertRecord, Manifest } from "./store.js";
 import {
   certFile,
@@ -92,6 +93,51 @@ function missingCaKeyError(dir: string, what: string): K8slabError {
   );
 }
 
+/**
+ * The lab CA from its files, or a K8slabError naming the unreadable one and the way back. The
+ * CA key exists nowhere else, so it is never replaced; ca.pem has a copy in every node bundle.
+ */
+async function readCa(dir: string, certPem: string, keyPem: string): Promise<CertificateAuthority> {
+  const certPath = join(dir, certFile(CA_NAME));
+  const keyPath = join(dir, keyFile(CA_NAME));
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(keyPem);
+  } catch (error) {
+    throw new K8slabError(`${keyPath} is not a readable private key (cut short or damaged)`, {
+      hint:
+        `restore ca-key.pem from a backup: it exists only here (it never leaves this host) and ` +
+        `every certificate of the lab depends on it; k8slab never replaces it`,
+      cause: error,
+    });
+  }
+  try {
+    return loadCertificateAuthority(certPem, keyPem);
+  } catch (error) {
+    const copy = await intactCaCopy(dir, key);
+    throw new K8slabError(`${certPath} is not a readable certificate (cut short or damaged)`, {
+      hint: copy
+        ? `restore it from a node bundle's copy: cp ${copy} ${certPath}`
+        : "restore ca.pem from a backup, or copy it from a VM of the lab (every VM has one)",
+      cause: error,
+    });
+  }
+}
+
+/** A copy of ca.pem in a node bundle that still reads and belongs to the CA key. */
+async function intactCaCopy(dir: string, key: KeyObject): Promise<string | undefined> {
+  for (const node of await listDir(join(dir, "nodes"))) {
+    const copy = join(dir, "nodes", node, certFile(CA_NAME));
+    try {
+      const pem = await readTextIfExists(copy);
+      if (pem !== undefined && new X509Certificate(pem).checkPrivateKey(key)) return copy;
+    } catch {
+      // Damaged too: try the next node's.
+    }
+  }
+  return undefined;
+}
+
 async function loadOrCreateCa(
   dir: string,
   topology: PkiTopology,
@@ -105,7 +151,7 @@ async function loadOrCreateCa(
     readTextIfExists(join(dir, keyFile(CA_NAME))),
   ]);
   if (certPem !== undefined && keyPem !== undefined) {
-    const ca = loadCertificateAuthority(certPem, keyPem);
+    const ca = await readCa(dir, certPem, keyPem);
     if (!ca.x509.checkPrivateKey(ca.key)) {
       throw new K8slabError(
         `${join(dir, "ca-key.pem")} does not belong to ${join(dir, "ca.pem")}`,
@@ -168,7 +214,6 @@ async function decide(
   const reissue = (reason: string): Decision => ({ kind: "reissue", reason });
   if (certPem === undefined) return reissue(`${certFile(spec.name)} is missing`);
   if (keyPem === undefined) return reissue(`${keyFile(spec.name)} is missing`);
-  if (record === undefined) return reissue(`not recorded in ${MANIFEST_FILE}`);
 
   let x509: X509Certificate;
   try {
@@ -176,6 +221,8 @@ async function decide(
   } catch {
     return reissue(`${certFile(spec.name)} is not a readable certificate`);
   }
+  // Not in the manifest (it was lost): what the certificate itself says takes its place.
+  record ??= recordOf(spec.node, issuedSpecOf(certPem), x509);
   if (fingerprint(x509) !== record.sha256) {
     return reissue(
       `${certFile(spec.name)} differs from the certificate recorded in ${MANIFEST_FILE}`,
@@ -203,9 +250,12 @@ async function decide(
 }
 
 function recordFor(spec: CertSpec, certPem: string): CertRecord {
-  const x509 = new X509Certificate(certPem);
+  return recordOf(spec.node, spec, new X509Certificate(certPem));
+}
+
+function recordOf(node: string | undefined, spec: IssuedSpec, x509: X509Certificate): CertRecord {
   return {
-    ...(spec.node === undefined ? {} : { node: spec.node }),
+    ...(node === undefined ? {} : { node }),
     subject: {
       commonName: spec.subject.commonName,
       organizations: [...spec.subject.organizations],

@@ -1,5 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
+import { K8slabError } from "../errors.js";
 import { listDir, pkiDir, readTextIfExists } from "./store.js";
 
 export interface ExpiryWarning {
@@ -36,7 +37,18 @@ export async function checkPkiExpiry(
   for (const file of candidates) {
     const text = await readTextIfExists(join(dir, file));
     if (text === undefined || !text.includes("-----BEGIN CERTIFICATE-----")) continue;
-    const notAfter = new Date(new X509Certificate(text).validTo);
+    let notAfter: Date;
+    try {
+      notAfter = new Date(new X509Certificate(text).validTo);
+    } catch (error) {
+      throw new K8slabError(
+        `${join(dir, file)} is not a readable certificate (cut short or damaged)`,
+        {
+          hint: "render the lab again (k8slab render): it re-issues a damaged certificate, or says how to restore the CA",
+          cause: error,
+        },
+      );
+    }
     const leftMs = notAfter.getTime() - now.getTime();
     if (leftMs < withinMs) {
       warnings.push({

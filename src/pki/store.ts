@@ -1,8 +1,8 @@
-import { randomBytes } from "node:crypto";
-import { chmod, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { chmod, mkdir, readFile, readdir, stat, unlink } from "node:fs/promises";
+import { join } from "node:path";
 import { z } from "zod";
-import { K8slabError } from "../errors.js";
+import { writeFileAtomic } from "../lab-dir/files.js";
+import { readJsonFile } from "../lab-dir/json-file.js";
 
 /** Private keys and kubeconfigs that embed one. */
 export const SECRET_MODE = 0o600;
@@ -41,29 +41,6 @@ export async function readTextIfExists(path: string): Promise<string | undefined
 export async function ensureDir(path: string): Promise<void> {
   await mkdir(path, { recursive: true, mode: DIR_MODE });
   await chmod(path, DIR_MODE);
-}
-
-/**
- * Write through a temporary file in the same directory and rename it into place, so a reader
- * sees the old or the new content and never half a key. The mode is set explicitly, whatever
- * the umask.
- */
-export async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
-  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
-  const handle = await open(temp, "wx", mode);
-  try {
-    try {
-      await handle.writeFile(content, "utf8");
-      await handle.chmod(mode);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, path);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
 }
 
 /** Write only when the bytes differ (so unchanged files keep their bytes and mtime); fix the mode. */
@@ -138,23 +115,9 @@ export const MANIFEST_FILE = "manifest.json";
 
 export async function readManifest(dir: string): Promise<Manifest | undefined> {
   const path = join(dir, MANIFEST_FILE);
-  const text = await readTextIfExists(path);
-  if (text === undefined) return undefined;
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch (error) {
-    throw corruptManifest(path, error);
-  }
-  const parsed = manifestSchema.safeParse(data);
-  if (!parsed.success) throw corruptManifest(path, parsed.error);
-  return parsed.data;
-}
-
-function corruptManifest(path: string, cause: unknown): K8slabError {
-  return new K8slabError(`${path} is not a valid k8slab PKI manifest`, {
-    hint: `remove ${path} and run the command again: the CA is kept and every other certificate is re-issued from it`,
-    cause,
+  return readJsonFile(path, manifestSchema, {
+    what: "the PKI manifest",
+    fix: `remove ${path} and render the lab again: it is rebuilt from the certificates on disk (the CA and every valid key are kept)`,
   });
 }
 

@@ -4,7 +4,9 @@ import type { Problem } from "../lab/problems.js";
 import type { Lab } from "../lab/schema.js";
 import { ensurePki, type PkiResult } from "../pki/index.js";
 import { pkiTopology, planLab, type LabPlan } from "../plan/plan.js";
-import { checkLabDir, writeLabDir } from "./lab-dir.js";
+import { explainDiskErrors } from "../lab-dir/disk-errors.js";
+import { withLabLock } from "../lab-dir/lock.js";
+import { checkLabDir, removeLeftovers, writeLabDir } from "./lab-dir.js";
 import { renderLab } from "./render.js";
 
 export interface RenderOptions {
@@ -13,6 +15,8 @@ export interface RenderOptions {
   cwd: string;
   /** Lab directory; default ./<lab name>. */
   dir?: string | undefined;
+  /** Rebuild a corrupt lab.json (and the rendered files), keeping the PKI. */
+  repair?: boolean | undefined;
   now?: Date;
   /** The lab, when the caller loaded it already. */
   loaded?: LoadedLab;
@@ -32,21 +36,33 @@ export function defaultLabDir(cwd: string, lab: Pick<Lab, "name">, dir?: string)
   return resolve(cwd, dir ?? lab.name);
 }
 
+/** The lab directory a command on this lab works in (the lab is loaded and validated). */
+export async function resolveLabDir(options: Pick<RenderOptions, "lab" | "cwd" | "dir">) {
+  const { lab } = await loadLab(options.lab, { cwd: options.cwd });
+  return defaultLabDir(options.cwd, lab, options.dir);
+}
+
 /**
- * Validate the lab, then write its directory: Vagrantfile, provisioners, lab.json and the PKI.
- * An invalid lab throws before anything is written.
+ * Validate the lab, then write its directory: Vagrantfile, provisioners, lab.json and the PKI,
+ * holding the directory's lock (re-entrant: `create` holds it already). An invalid lab throws
+ * before anything is written; what a killed render left is cleaned up first.
  */
 export async function renderLabDir(options: RenderOptions): Promise<RenderResult> {
   const { lab, file, warnings } =
     options.loaded ?? (await loadLab(options.lab, { cwd: options.cwd }));
   const plan = planLab(lab);
   const dir = defaultLabDir(options.cwd, lab, options.dir);
-  await checkLabDir(dir, lab.name);
   const files = await renderLab(plan, { labFile: file });
   let pki: PkiResult | undefined;
-  await writeLabDir(dir, files, async (target) => {
-    pki = await ensurePki(target, pkiTopology(plan), options.now ? { now: options.now } : {});
-  });
+  await withLabLock(dir, "render", () =>
+    explainDiskErrors(dir, async () => {
+      await checkLabDir(dir, lab.name, { repair: options.repair, labRef: options.lab });
+      await removeLeftovers(dir);
+      await writeLabDir(dir, files, async (target) => {
+        pki = await ensurePki(target, pkiTopology(plan), options.now ? { now: options.now } : {});
+      });
+    }),
+  );
   if (!pki) throw new Error("renderLabDir: the PKI step did not run");
   return {
     dir,

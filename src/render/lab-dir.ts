@@ -1,11 +1,28 @@
-import { randomBytes } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { chmod, mkdir, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
+import { z } from "zod";
 import { K8slabError } from "../errors.js";
+import { mkdirWithMode, removeAtomicTemps } from "../lab-dir/files.js";
+import { CorruptFileError, readJsonFile } from "../lab-dir/json-file.js";
+import { isLockEntry } from "../lab-dir/lock.js";
 import type { RenderedFile } from "./render.js";
 
-/** Top-level entries of a lab directory that rendering owns; everything else is the lab's. */
-export const RENDERED_ENTRIES = ["Vagrantfile", "lab.json", "provision"] as const;
+/**
+ * Top-level entries of a lab directory that rendering owns; everything else is the lab's.
+ * lab.json comes last: a directory holds a lab once its lab.json is in place.
+ */
+export const RENDERED_ENTRIES = ["Vagrantfile", "provision", "lab.json"] as const;
+export const LAB_JSON = "lab.json";
+/** Directories rendering creates (the lab directory, provision/...). */
+export const RENDERED_DIR_MODE = 0o755;
+
+const STAGE = /^\.k8slab-(stage|old)-[0-9a-f]{8}$/;
+/** Where versions before the lock built a new lab directory, beside it (with the CA key). */
+const legacyNewDir = (dir: string) =>
+  new RegExp(
+    `^\\.${basename(dir).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.k8slab-new-[0-9a-f]{8}$`,
+  );
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -16,29 +33,76 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** Into the staging directory: no reader sees it before the swap, so plain writes do. */
 async function writeFiles(root: string, files: readonly RenderedFile[]): Promise<void> {
   for (const file of files) {
     const target = join(root, file.path);
-    await mkdir(dirname(target), { recursive: true });
+    await mkdirWithMode(root, dirname(target), RENDERED_DIR_MODE);
     await writeFile(target, file.content, { mode: file.mode });
     await chmod(target, file.mode);
   }
 }
 
-/** Refuse to render into a directory that holds something other than this lab. */
-export async function checkLabDir(dir: string, labName: string): Promise<"new" | "existing"> {
+const labJsonSchema = z.object({ lab: z.object({ name: z.string() }) });
+
+/** The lab whose CA is in `<dir>/pki/ca.pem` (its subject is `<lab>-ca`), if readable. */
+export async function labOfPki(dir: string): Promise<string | undefined> {
+  try {
+    const ca = new X509Certificate(await readFile(join(dir, "pki", "ca.pem")));
+    return /(?:^|\n)CN=(.+)-ca(?:\n|$)/.exec(ca.subject)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The command that rebuilds a lab directory's lab.json from its lab file, keeping the PKI. */
+export function repairCommand(labRef: string, dir: string): string {
+  return `k8slab render ${labRef} --dir ${dir} --repair`;
+}
+
+export interface CheckLabDirOptions {
+  /** Rebuild a corrupt lab.json (the PKI must be this lab's, or absent). */
+  repair?: boolean | undefined;
+  /** How the user named the lab (a built-in name or a file), for hints. */
+  labRef?: string | undefined;
+}
+
+/** Files in a lab directory that are no lab content: the lock and leftovers of a killed run. */
+function isBookkeeping(entry: string): boolean {
+  return isLockEntry(entry) || STAGE.test(entry);
+}
+
+/**
+ * Refuse to render into a directory that holds something other than this lab. A directory with
+ * this lab's PKI but no lab.json is a render that was interrupted: it is continued. A corrupt
+ * lab.json stops with the command that rebuilds it; with `repair` it is rebuilt.
+ */
+export async function checkLabDir(
+  dir: string,
+  labName: string,
+  options: CheckLabDirOptions = {},
+): Promise<"new" | "existing"> {
   if (!(await exists(dir))) return "new";
   if (!(await stat(dir)).isDirectory()) {
     throw new K8slabError(`${dir} exists and is not a directory`, { hint: "choose another --dir" });
   }
-  const entries = await readdir(dir);
-  if (entries.length === 0) return "existing";
+  const entries = (await readdir(dir)).filter((e) => !isBookkeeping(e));
+  if (entries.length === 0) return "new";
+  const pkiLab = await labOfPki(dir);
   let owner: string | undefined;
   try {
     owner = (
-      JSON.parse(await readFile(join(dir, "lab.json"), "utf8")) as { lab?: { name?: string } }
-    ).lab?.name;
-  } catch {
+      await readJsonFile(join(dir, LAB_JSON), labJsonSchema, {
+        what: "the rendered lab",
+        fix: `rebuild it from the lab file, keeping the PKI: ${repairCommand(options.labRef ?? pkiLab ?? labName, dir)}`,
+      })
+    )?.lab.name;
+  } catch (error) {
+    if (!(error instanceof CorruptFileError) || !options.repair) throw error;
+    owner = pkiLab ?? (entries.includes("pki") ? undefined : labName);
+  }
+  owner ??= pkiLab;
+  if (owner === undefined) {
     throw new K8slabError(`${dir} is not empty and is not a k8slab lab directory`, {
       hint: "choose another --dir, or empty it first",
     });
@@ -55,10 +119,36 @@ export async function checkLabDir(dir: string, labName: string): Promise<"new" |
 }
 
 /**
- * Put rendered files in place as one step as far as the filesystem allows: a new lab directory
- * is built beside its final name and renamed; an existing one gets the rendered entries swapped,
- * keeping everything the lab owns (pki/, state.json, logs/). `prepare` runs on the directory
- * before the swap (it generates the PKI) so a failure there leaves nothing half-written.
+ * Remove what a killed render left (only names k8slab writes): staging directories, temporary
+ * files of atomic writes in the PKI, and new-directory builds of versions before the lock
+ * beside the lab directory. Run it only while holding the lab's lock, so no live run's files go.
+ */
+export async function removeLeftovers(dirArg: string): Promise<string[]> {
+  const dir = resolve(dirArg);
+  const removed: string[] = [];
+  const removeMatching = async (parent: string, pattern: RegExp) => {
+    const entries = await readdir(parent).catch(() => [] as string[]);
+    for (const entry of entries.filter((e) => pattern.test(e))) {
+      await rm(join(parent, entry), { recursive: true, force: true });
+      removed.push(join(parent, entry));
+    }
+  };
+  await removeMatching(dir, STAGE);
+  await removeMatching(dirname(dir), legacyNewDir(dir));
+  const pki = join(dir, "pki");
+  const nodes = join(pki, "nodes");
+  const nodeDirs = (await readdir(nodes).catch(() => [] as string[])).map((n) => join(nodes, n));
+  for (const d of [dir, pki, nodes, ...nodeDirs]) removed.push(...(await removeAtomicTemps(d)));
+  return removed;
+}
+
+/**
+ * Put rendered files in place. Call it holding the lab's lock (the directory exists then). The
+ * files are written into a staging directory inside the lab directory first; `prepare` (the PKI)
+ * runs on the staging directory for a new lab, so a failure leaves nothing half-written, and on
+ * the lab directory itself for an existing one (it keeps the PKI there). Then the rendered
+ * entries are swapped in, lab.json last; everything else the lab owns (pki/, state.json,
+ * logs/) stays. Nothing is renamed over the lab directory itself, so a mount point works too.
  */
 export async function writeLabDir(
   dirArg: string,
@@ -67,25 +157,23 @@ export async function writeLabDir(
 ): Promise<void> {
   const dir = resolve(dirArg);
   const suffix = randomBytes(4).toString("hex");
-  if (!(await exists(dir)) || (await readdir(dir)).length === 0) {
-    const tmp = join(dirname(dir), `.${basename(dir)}.k8slab-new-${suffix}`);
-    try {
-      await mkdir(tmp, { recursive: true, mode: 0o755 });
-      await writeFiles(tmp, files);
-      await prepare(tmp);
-      await rm(dir, { recursive: true, force: true }); // an empty directory only
-      await rename(tmp, dir);
-    } catch (error) {
-      await rm(tmp, { recursive: true, force: true });
-      throw error;
-    }
-    return;
-  }
+  const fresh = (await readdir(dir)).every(isBookkeeping);
   const stage = join(dir, `.k8slab-stage-${suffix}`);
   const old = join(dir, `.k8slab-old-${suffix}`);
   try {
+    await mkdir(stage, { mode: RENDERED_DIR_MODE });
+    await chmod(stage, RENDERED_DIR_MODE);
     await writeFiles(stage, files);
-    await prepare(dir);
+    if (fresh) {
+      await prepare(stage);
+      for (const entry of await readdir(stage)) {
+        if (!(RENDERED_ENTRIES as readonly string[]).includes(entry)) {
+          await rename(join(stage, entry), join(dir, entry));
+        }
+      }
+    } else {
+      await prepare(dir);
+    }
     await mkdir(old);
     for (const entry of RENDERED_ENTRIES) {
       if (await exists(join(dir, entry))) await rename(join(dir, entry), join(old, entry));

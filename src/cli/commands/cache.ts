@@ -11,7 +11,17 @@ export function downloadReporter(ctx: CliContext): (p: PullProgress) => void {
   return (p) => {
     switch (p.event) {
       case "cached":
-        return say(ctx, `${p.name}: in the cache (${mb(p.total ?? 0)})`);
+        return say(ctx, `${p.name}: in the cache, sha256 verified (${mb(p.total ?? 0)})`);
+      case "damaged":
+        return say(
+          ctx,
+          `${p.name}: the cached copy is damaged (${p.message}); downloading it again`,
+        );
+      case "recorded":
+        return say(
+          ctx,
+          `${p.name}: its upstream publishes no sha256; recorded the first download's: ${p.sha256} (every later use must match it)`,
+        );
       case "start":
         return say(ctx, `${p.name}: downloading`);
       case "retry":
@@ -39,15 +49,14 @@ export function cacheCommand(ctx: CliContext): Command {
     .argument("<lab>", "a built-in lab name or a path to a lab file")
     .option(
       "--pin",
-      "for artifacts without a sha256 in the lab file, record the first download's checksum",
+      "accepted for compatibility: an artifact without a sha256 in the lab file always has the first download's recorded",
     )
     .option("--json", "print the result as JSON on stdout")
-    .action(async (ref: string, opts: { pin?: boolean; json?: boolean }) => {
+    .action(async (ref: string, opts: { json?: boolean }) => {
       const result = await cachePull({
         lab: ref,
         cwd: ctx.cwd,
         env: ctx.env,
-        pin: opts.pin ?? false,
         onProgress: downloadReporter(ctx),
       });
       if (opts.json) return printJson(ctx, result);

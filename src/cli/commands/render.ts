@@ -11,9 +11,15 @@ export function renderCommand(ctx: CliContext): Command {
     )
     .argument("<lab>", "a built-in lab name (see `k8slab labs`) or a path to a lab file")
     .option("-d, --dir <dir>", "lab directory (default: ./<lab name>)")
+    .option("--repair", "rebuild a corrupt lab.json (and the rendered files), keeping the PKI")
     .option("--json", "print the result as JSON on stdout")
-    .action(async (ref: string, opts: { dir?: string; json?: boolean }) => {
-      const result = await renderLabDir({ lab: ref, cwd: ctx.cwd, dir: opts.dir });
+    .action(async (ref: string, opts: { dir?: string; repair?: boolean; json?: boolean }) => {
+      const result = await renderLabDir({
+        lab: ref,
+        cwd: ctx.cwd,
+        dir: opts.dir,
+        repair: opts.repair,
+      });
       if (opts.json) {
         const { dir, labFile, files, pki, warnings } = result;
         return printJson(ctx, { name: result.lab.name, dir, labFile, files, pki, warnings });
