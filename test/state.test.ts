@@ -34,13 +34,21 @@ describe("state.json", () => {
   });
 
   it.each([
-    ["truncated JSON", '{"version": 2, "lab": "lab1", "sta', /is not valid JSON/],
+    [
+      "truncated JSON",
+      '{"version": 2, "lab": "lab1", "sta',
+      /state\.json \(what create verified\) is corrupt: not JSON/,
+    ],
     [
       "another lab's",
       JSON.stringify({ version: 2, lab: "other", stages: {} }),
       /belongs to lab "other"/,
     ],
-    ["a wrong shape", JSON.stringify({ version: 2, lab: "lab1", stages: [] }), /expected shape/],
+    [
+      "a wrong shape",
+      JSON.stringify({ version: 2, lab: "lab1", stages: [] }),
+      /is corrupt: unexpected content at stages/,
+    ],
   ])("%s state is reported, never silently dropped", async (_, text, why) => {
     const dir = await tmp();
     await writeFile(join(dir, "state.json"), text);

@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { readFile, rename, writeFile } from "node:fs/promises";
+import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
+import { CorruptFileError, readJsonFile } from "../lab-dir/json-file.js";
 
 /**
  * state.json: what `create` has verified, so a later run continues from there.
@@ -48,33 +49,26 @@ export async function readState(
   labName: string,
   options: { setAside?: boolean } = {},
 ): Promise<ReadStateResult> {
-  let text: string;
-  try {
-    text = await readFile(statePath(labDir), "utf8");
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return { state: emptyState(labName) };
-    throw error;
-  }
+  const file = statePath(labDir);
   let problem: string;
   try {
-    const parsed = stateSchema.safeParse(JSON.parse(text));
-    if (parsed.success && parsed.data.lab === labName) {
-      return { state: { ...parsed.data, version: 2 } };
-    }
-    problem = parsed.success
-      ? `it belongs to lab ${JSON.stringify(parsed.data.lab)}, not ${JSON.stringify(labName)}`
-      : `it does not have the expected shape (${parsed.error.issues[0]?.message ?? "invalid"})`;
+    const data = await readJsonFile(file, stateSchema, {
+      what: "what create verified",
+      fix: "create moves it aside and checks every stage again",
+    });
+    if (data === undefined) return { state: emptyState(labName) };
+    if (data.lab === labName) return { state: { ...data, version: 2 } };
+    problem = `${file} belongs to lab ${JSON.stringify(data.lab)}, not ${JSON.stringify(labName)}`;
   } catch (error) {
-    problem = `it is not valid JSON (${(error as Error).message.split("\n")[0]})`;
+    if (!(error instanceof CorruptFileError)) throw error;
+    problem = error.message;
   }
-  if (!options.setAside) {
-    return { state: emptyState(labName), problem: `state.json could not be used: ${problem}` };
-  }
-  const aside = `${statePath(labDir)}.corrupt-${new Date().toISOString().replace(/[:.]/g, "-")}`;
-  await rename(statePath(labDir), aside);
+  if (!options.setAside) return { state: emptyState(labName), problem };
+  const aside = `${file}.corrupt-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+  await rename(file, aside);
   return {
     state: emptyState(labName),
-    problem: `state.json could not be used: ${problem}; it was moved to ${aside} and every stage will be checked again`,
+    problem: `${problem}; it was moved to ${aside} and every stage will be checked again`,
   };
 }
 
