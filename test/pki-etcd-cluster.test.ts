@@ -2,7 +2,7 @@
  * The generated etcd certificates run a real three-member etcd 3.4 cluster with mutual TLS for
  * clients and peers, each member in its own network namespace at the lab's node address.
  */
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -34,11 +34,11 @@ function etcdArgs(node: { name: string; ip: string }, dataDir: string): string[]
     "--initial-cluster-state=new",
     `--initial-cluster-token=k8slab-test-${process.pid}`,
     "--client-cert-auth",
-    `--trusted-ca-file=${file("ca.pem")}`,
+    `--trusted-ca-file=${file("etcd-ca.pem")}`,
     `--cert-file=${file(`etcd-server-${node.name}.pem`)}`,
     `--key-file=${file(`etcd-server-${node.name}-key.pem`)}`,
     "--peer-client-cert-auth",
-    `--peer-trusted-ca-file=${file("ca.pem")}`,
+    `--peer-trusted-ca-file=${file("etcd-ca.pem")}`,
     `--peer-cert-file=${file(`etcd-peer-${node.name}.pem`)}`,
     `--peer-key-file=${file(`etcd-peer-${node.name}-key.pem`)}`,
     "--enable-v2",
@@ -50,7 +50,7 @@ function etcdArgs(node: { name: string; ip: string }, dataDir: string): string[]
 /** etcdctl (v3 API) in a node's namespace with a client certificate from that node's bundle. */
 function etcdctl(node: string, cert: string | undefined, args: string[]) {
   const bundle = nodeBundleDir(labDir, node);
-  const tls = [`--cacert=${join(bundle, "ca.pem")}`];
+  const tls = [`--cacert=${join(bundle, "etcd-ca.pem")}`];
   if (cert !== undefined) {
     tls.push(`--cert=${join(bundle, `${cert}.pem`)}`, `--key=${join(bundle, `${cert}-key.pem`)}`);
   }
@@ -202,7 +202,7 @@ describe.skipIf(!support.ok)("a real etcd 3.4 cluster with the lab's certificate
         "etcdctl",
         [
           `--endpoints=${endpoints[1]}`,
-          `--ca-file=${join(bundle, "ca.pem")}`,
+          `--ca-file=${join(bundle, "etcd-ca.pem")}`,
           `--cert-file=${join(bundle, "etcd-client-flannel.pem")}`,
           `--key-file=${join(bundle, "etcd-client-flannel-key.pem")}`,
           ...args,
@@ -231,6 +231,53 @@ describe.skipIf(!support.ok)("a real etcd 3.4 cluster with the lab's certificate
     );
   });
 
+  it("refuses the lab's own certificates that are not etcd's: a kubelet's, kube-proxy's, the admin's", async () => {
+    // They are signed by the lab's CA, which etcd does not trust: with one of them a node could
+    // otherwise read every Secret in /registry or write RBAC objects.
+    for (const [node, cert] of [
+      ["minion1", "kubelet-client-minion1"],
+      ["minion1", "kube-proxy"],
+    ] as const) {
+      const result = await etcdctl(node, cert, [
+        `--endpoints=${endpoints[0]}`,
+        "get",
+        "/registry/secrets",
+        "--prefix",
+        "--keys-only",
+      ]);
+      expect(result.exitCode, `${cert}: ${result.all}`).not.toBe(0);
+    }
+    const admin = await net!.exec(
+      net!.host("master").ns,
+      "etcdctl",
+      [
+        "--dial-timeout=3s",
+        "--command-timeout=5s",
+        `--endpoints=${endpoints[0]}`,
+        `--cacert=${join(nodeBundleDir(labDir, "master"), "etcd-ca.pem")}`,
+        `--cert=${join(labDir, "pki", "admin.pem")}`,
+        `--key=${join(labDir, "pki", "admin-key.pem")}`,
+        "put",
+        "/registry/clusterrolebindings/pwn",
+        "x",
+      ],
+      { timeoutMs: 15_000, env: { ETCDCTL_API: "3" } },
+    );
+    expect(admin.exitCode, admin.all).not.toBe(0);
+    await waitForLog("master", /rejected connection.*signed by unknown authority/);
+    // Only etcd's two clients have certificates for it: no node bundle has another.
+    for (const node of topology.nodes) {
+      const clients = (await readdir(nodeBundleDir(labDir, node.name))).filter(
+        (f) => f.startsWith("etcd-client-") && f.endsWith("-key.pem"),
+      );
+      expect(clients.sort(), node.name).toEqual(
+        node.roles.includes("control-plane")
+          ? ["etcd-client-apiserver-key.pem", "etcd-client-flannel-key.pem"]
+          : ["etcd-client-flannel-key.pem"],
+      );
+    }
+  });
+
   it("refuses a client certificate issued by another lab's CA", async () => {
     const otherLab = join(root, "other-lab");
     await ensurePki(otherLab, threeNodeTopology({ labName: "other-lab" }));
@@ -242,7 +289,7 @@ describe.skipIf(!support.ok)("a real etcd 3.4 cluster with the lab's certificate
         "--dial-timeout=3s",
         "--command-timeout=5s",
         `--endpoints=${endpoints[0]}`,
-        `--cacert=${join(nodeBundleDir(labDir, "master"), "ca.pem")}`,
+        `--cacert=${join(nodeBundleDir(labDir, "master"), "etcd-ca.pem")}`,
         `--cert=${join(bundle, "etcd-client-apiserver.pem")}`,
         `--key=${join(bundle, "etcd-client-apiserver-key.pem")}`,
         "endpoint",

@@ -46,6 +46,10 @@ const SERVER_CERTS = LEAVES.filter(
     n.startsWith("kubelet-server-"),
 );
 const CLIENT_CERTS = LEAVES.filter((n) => !SERVER_CERTS.includes(n) || n.startsWith("etcd-"));
+/** What etcd's own CA signs: its members and its only two clients. Everything else: the lab CA. */
+const ETCD_LEAVES = LEAVES.filter((n) => n.startsWith("etcd-"));
+const issuerOf = (name: string) => (ETCD_LEAVES.includes(name) ? "etcd-ca" : "ca");
+const CAS = ["ca", "etcd-ca"];
 
 let root: string;
 let labDir: string;
@@ -89,7 +93,7 @@ afterAll(async () => {
 describe("ensurePki on a fresh three-node lab", () => {
   it("issues the CA, every leaf and the service-account pair, and reports them created", () => {
     expect(first.dir).toBe(pki);
-    expect([...first.created].sort()).toEqual(["ca", "service-account", ...LEAVES].sort());
+    expect([...first.created].sort()).toEqual([...CAS, "service-account", ...LEAVES].sort());
     expect(first.reissued).toEqual([]);
     expect(first.reused).toEqual([]);
     expect(first.removed).toEqual([]);
@@ -100,28 +104,37 @@ describe("ensurePki on a fresh three-node lab", () => {
     ).toEqual([...LEAVES].sort());
   });
 
-  it("every certificate verifies against the CA with openssl verify -x509_strict", async () => {
-    const files = LEAVES.map((n) => join(pki, `${n}.pem`));
-    const out = await openssl(["verify", "-x509_strict", "-CAfile", join(pki, "ca.pem"), ...files]);
-    for (const file of files) expect(out).toContain(`${file}: OK`);
-    const servers = await openssl([
-      "verify",
-      "-purpose",
-      "sslserver",
-      "-CAfile",
-      join(pki, "ca.pem"),
-      ...SERVER_CERTS.map((n) => join(pki, `${n}.pem`)),
-    ]);
-    expect(servers.split("\n").filter((l) => l.endsWith(": OK"))).toHaveLength(SERVER_CERTS.length);
-    const clients = await openssl([
-      "verify",
-      "-purpose",
-      "sslclient",
-      "-CAfile",
-      join(pki, "ca.pem"),
-      ...CLIENT_CERTS.map((n) => join(pki, `${n}.pem`)),
-    ]);
-    expect(clients.split("\n").filter((l) => l.endsWith(": OK"))).toHaveLength(CLIENT_CERTS.length);
+  it("every certificate verifies against its CA with openssl verify -x509_strict, and only its CA", async () => {
+    for (const ca of CAS) {
+      const mine = LEAVES.filter((n) => issuerOf(n) === ca);
+      const others = LEAVES.filter((n) => issuerOf(n) !== ca);
+      const caFile = join(pki, `${ca}.pem`);
+      const files = mine.map((n) => join(pki, `${n}.pem`));
+      const out = await openssl(["verify", "-x509_strict", "-CAfile", caFile, ...files]);
+      for (const file of files) expect(out).toContain(`${file}: OK`);
+      for (const name of others) {
+        const r = await execa("openssl", ["verify", "-CAfile", caFile, join(pki, `${name}.pem`)], {
+          reject: false,
+          timeout: 30_000,
+        });
+        expect(r.exitCode, `${name} must not verify against ${ca}`).not.toBe(0);
+      }
+      for (const [purpose, names] of [
+        ["sslserver", SERVER_CERTS],
+        ["sslclient", CLIENT_CERTS],
+      ] as const) {
+        const picked = names.filter((n) => issuerOf(n) === ca);
+        const checked = await openssl([
+          "verify",
+          "-purpose",
+          purpose,
+          "-CAfile",
+          caFile,
+          ...picked.map((n) => join(pki, `${n}.pem`)),
+        ]);
+        expect(checked.split("\n").filter((l) => l.endsWith(": OK"))).toHaveLength(picked.length);
+      }
+    }
   });
 
   it("a pure client certificate is refused for server use", async () => {
@@ -134,8 +147,8 @@ describe("ensurePki on a fresh three-node lab", () => {
   });
 
   it("the signatures also verify with Node's X.509 (a second implementation besides openssl)", async () => {
-    const ca = new X509Certificate(await read(join(pki, "ca.pem")));
     for (const name of LEAVES) {
+      const ca = new X509Certificate(await read(join(pki, `${issuerOf(name)}.pem`)));
       const cert = new X509Certificate(await read(join(pki, `${name}.pem`)));
       expect(cert.verify(ca.publicKey), name).toBe(true);
       expect(cert.checkIssued(ca), name).toBe(true);
@@ -255,7 +268,7 @@ describe("ensurePki on a fresh three-node lab", () => {
   });
 
   it("every key belongs to its certificate; the service-account pair belongs together", async () => {
-    for (const name of ["ca", ...LEAVES]) {
+    for (const name of [...CAS, ...LEAVES]) {
       const cert = new X509Certificate(await read(join(pki, `${name}.pem`)));
       const key = createPrivateKey(await read(join(pki, `${name}-key.pem`)));
       expect(cert.checkPrivateKey(key), name).toBe(true);
@@ -447,7 +460,7 @@ describe("re-running ensurePki", () => {
     expect(again.created).toEqual([]);
     expect(again.reissued).toEqual([]);
     expect(again.removed).toEqual([]);
-    expect([...again.reused].sort()).toEqual(["ca", "service-account", ...LEAVES].sort());
+    expect([...again.reused].sort()).toEqual([...CAS, "service-account", ...LEAVES].sort());
     expect(changedFiles(before, await snapshotTree(join(dir, "pki")))).toEqual([]);
   });
 
@@ -484,15 +497,16 @@ describe("re-running ensurePki", () => {
     const pkiDir = join(dir, "pki");
     const facts = certFacts(await read(join(pkiDir, "etcd-server-minion1.pem")));
     expect(facts.ipSans.sort()).toEqual(["127.0.0.1", "192.168.56.170"]);
-    // Verified against the CA of the first run: the CA was reused, not replaced.
-    const out = await openssl([
-      "verify",
-      "-CAfile",
-      join(pki, "ca.pem"),
-      join(pkiDir, "etcd-server-minion1.pem"),
-      join(pkiDir, "kubelet-server-minion1.pem"),
-    ]);
-    expect(out.split("\n").filter((l) => l.endsWith(": OK"))).toHaveLength(2);
+    // Verified against the CAs of the first run: they were reused, not replaced.
+    for (const name of ["etcd-server-minion1", "kubelet-server-minion1"]) {
+      const out = await openssl([
+        "verify",
+        "-CAfile",
+        join(pki, `${issuerOf(name)}.pem`),
+        join(pkiDir, `${name}.pem`),
+      ]);
+      expect(out.trim()).toMatch(/: OK$/);
+    }
   });
 
   it("a changed master IP also re-issues the apiserver certificate", async () => {
@@ -562,8 +576,8 @@ describe("re-running ensurePki", () => {
   it("reports results in plan order", async () => {
     const dir = await newLabCopy("order");
     const again = await ensurePki(dir, threeNodeTopology());
-    expect(again.reused).toEqual(["ca", ...LEAVES, "service-account"]);
-    expect(first.created).toEqual(["ca", ...LEAVES, "service-account"]);
+    expect(again.reused).toEqual([...CAS, ...LEAVES, "service-account"]);
+    expect(first.created).toEqual([...CAS, ...LEAVES, "service-account"]);
   });
 
   it("makes a new service-account pair when half of it is gone", async () => {
@@ -629,6 +643,26 @@ describe("re-running ensurePki", () => {
     }
   });
 
+  it("a lab from before etcd had its own CA gets one, and its etcd certificates re-issued from it", async () => {
+    const dir = await newLabCopy("no-etcd-ca");
+    await unlink(join(dir, "pki", "etcd-ca-key.pem"));
+    await unlink(join(dir, "pki", "etcd-ca.pem"));
+    const result = await ensurePki(dir, threeNodeTopology());
+    expect(result.created).toEqual(["etcd-ca"]);
+    expect(result.reissued.map((r) => r.name).sort()).toEqual([...ETCD_LEAVES].sort());
+    expect(new Set(result.reissued.map((r) => r.reason))).toEqual(
+      new Set(["not signed by the etcd CA"]),
+    );
+    expect(result.reused).toContain("ca");
+    const out = await openssl([
+      "verify",
+      "-CAfile",
+      join(dir, "pki", "etcd-ca.pem"),
+      ...ETCD_LEAVES.map((n) => join(dir, "pki", `${n}.pem`)),
+    ]);
+    expect(out.split("\n").filter((l) => l.endsWith(": OK"))).toHaveLength(ETCD_LEAVES.length);
+  });
+
   it("refuses to build a new CA over certificates of an old one", async () => {
     const dir = await newLabCopy("no-ca");
     await unlink(join(dir, "pki", "ca-key.pem"));
@@ -642,7 +676,7 @@ describe("re-running ensurePki", () => {
     const result = await ensurePki(dir, threeNodeTopology(), { now: later });
     expect(result.reissued.map((r) => r.name).sort()).toEqual([...LEAVES].sort());
     expect(result.reissued[0]!.reason).toMatch(/^expires in 2[45] days \(\d{4}-\d\d-\d\d\)$/);
-    expect(result.reused.sort()).toEqual(["ca", "service-account"]);
+    expect(result.reused.sort()).toEqual([...CAS, "service-account"]);
     expect(await checkPkiExpiry(dir, { now: later })).toEqual([]);
   });
 });
@@ -663,8 +697,13 @@ describe("checkPkiExpiry", () => {
       expect(warning.notAfter.getTime()).toBeGreaterThan(now.getTime());
     }
     const withCa = await checkPkiExpiry(dir, { now, withinDays: 200 });
-    expect(withCa.map((w) => w.name)).toContain("ca");
-    expect(withCa.at(-1)!.name).toBe("ca");
+    // The CAs outlive every certificate they sign: last.
+    expect(
+      withCa
+        .slice(-2)
+        .map((w) => w.name)
+        .sort(),
+    ).toEqual(CAS);
   });
 
   it("reports expired certificates with negative days", async () => {

@@ -14,6 +14,8 @@ function pair(name: string): string[] {
 export function planNodeBundle(node: PkiNode): string[] {
   const files = [
     "ca.pem",
+    // flannel on every node reads etcd, which trusts its own CA.
+    "etcd-ca.pem",
     ...pair("etcd-client-flannel"),
     ...pair(`kubelet-client-${node.name}`),
     ...pair(`kubelet-server-${node.name}`),

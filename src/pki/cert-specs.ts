@@ -25,7 +25,14 @@ export interface CertSpec {
   sans: SubjectAltNames;
   keyUsage: readonly KeyUsage[];
   extKeyUsage: readonly ExtKeyUsage[];
+  /** The CA that signs it: etcd's own (etcd's servers, peers and clients), else the lab's. */
+  issuer: CaName;
 }
+
+/** The lab's CA (Kubernetes), and etcd's: only certificates etcd's CA signed open etcd. */
+export const CA_NAME = "ca";
+export const ETCD_CA_NAME = "etcd-ca";
+export type CaName = typeof CA_NAME | typeof ETCD_CA_NAME;
 
 const LEAF_KEY_USAGE: readonly KeyUsage[] = ["digitalSignature", "keyEncipherment"];
 export const CA_KEY_USAGE: readonly KeyUsage[] = ["digitalSignature", "keyCertSign", "cRLSign"];
@@ -44,6 +51,7 @@ function leaf(
   subject: { cn: string; o?: readonly string[] },
   sans: SubjectAltNames = { dns: [], ips: [] },
   node?: string,
+  issuer: CaName = CA_NAME,
 ): CertSpec {
   return {
     name,
@@ -52,11 +60,12 @@ function leaf(
     sans,
     keyUsage: LEAF_KEY_USAGE,
     extKeyUsage: EKU[profile],
+    issuer,
   };
 }
 
-export function caCommonName(topology: PkiTopology): string {
-  return `${topology.labName}-ca`;
+export function caCommonName(topology: PkiTopology, ca: CaName = CA_NAME): string {
+  return `${topology.labName}-${ca}`;
 }
 
 /** The service-account signing key pair: `service-account.pem` (public) + `-key.pem`. */
@@ -71,15 +80,25 @@ export function planCertificates(topology: PkiTopology): CertSpec[] {
     const sans = { dns: [node.name, "localhost"], ips: [node.ip, "127.0.0.1"] };
     // Also clientAuth: etcd 3.4 dials its own client port (grpc-gateway) with its serving
     // certificate, which --client-cert-auth rejects otherwise ("incompatible key usage").
-    specs.push(
-      leaf(`etcd-server-${node.name}`, "server-and-client", { cn: node.name }, sans, node.name),
-    );
-    specs.push(
-      leaf(`etcd-peer-${node.name}`, "server-and-client", { cn: node.name }, sans, node.name),
-    );
+    for (const kind of ["server", "peer"]) {
+      specs.push(
+        leaf(
+          `etcd-${kind}-${node.name}`,
+          "server-and-client",
+          { cn: node.name },
+          sans,
+          node.name,
+          ETCD_CA_NAME,
+        ),
+      );
+    }
   }
-  specs.push(leaf("etcd-client-apiserver", "client", { cn: "kube-apiserver-etcd-client" }));
-  specs.push(leaf("etcd-client-flannel", "client", { cn: "flannel" }));
+  // etcd trusts its own CA only: these two clients (the API server and flannel) and its members,
+  // never a kubelet's or kube-proxy's certificate.
+  const etcdClient = (name: string, cn: string) =>
+    leaf(name, "client", { cn }, undefined, undefined, ETCD_CA_NAME);
+  specs.push(etcdClient("etcd-client-apiserver", "kube-apiserver-etcd-client"));
+  specs.push(etcdClient("etcd-client-flannel", "flannel"));
 
   const domain = topology.clusterDomain;
   // The address kubeconfigs use must be in the certificate too, should it not be the master's IP.

@@ -4,7 +4,15 @@ import { join } from "node:path";
 import { K8slabError } from "../errors.js";
 import { planNodeBundle } from "./bundles.js";
 import type { CertSpec, IssuedSpec } from "./cert-specs.js";
-import { caCommonName, planCertificates, SERVICE_ACCOUNT, specDifferences } from "./cert-specs.js";
+import {
+  CA_NAME,
+  caCommonName,
+  ETCD_CA_NAME,
+  planCertificates,
+  SERVICE_ACCOUNT,
+  specDifferences,
+  type CaName,
+} from "./cert-specs.js";
 import type { CertificateAuthority, KeyPairPem } from "./certs.js";
 import {
   createCaCertificate,
@@ -54,7 +62,6 @@ export interface EnsurePkiOptions {
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000;
-const CA_NAME = "ca";
 /** The CA outlives the certificates it signs, so renewing a leaf never needs a new CA. */
 const CA_VALIDITY_FACTOR = 10;
 const RENEW_WITHIN_DAYS = 30;
@@ -82,12 +89,12 @@ function isoDate(date: Date): string {
   return date.toISOString().slice(0, 10);
 }
 
-function missingCaKeyError(dir: string, what: string): K8slabError {
+function missingCaKeyError(dir: string, what: string, ca: CaName = CA_NAME): K8slabError {
   return new K8slabError(
-    `${what} in ${dir}, so no certificate of this lab can be issued or re-issued`,
+    `${what} in ${dir}, so no certificate ${ca === CA_NAME ? "of this lab" : "for etcd"} can be issued or re-issued`,
     {
       hint:
-        `restore ca-key.pem (and ca.pem) from a backup into ${dir}; or, to start over with a new ` +
+        `restore ${keyFile(ca)} (and ${certFile(ca)}) from a backup into ${dir}; or, to start over with a new ` +
         `CA, remove ${dir} and run \`k8slab provision\` so every VM receives the new certificates`,
     },
   );
@@ -97,37 +104,46 @@ function missingCaKeyError(dir: string, what: string): K8slabError {
  * The lab CA from its files, or a K8slabError naming the unreadable one and the way back. The
  * CA key exists nowhere else, so it is never replaced; ca.pem has a copy in every node bundle.
  */
-async function readCa(dir: string, certPem: string, keyPem: string): Promise<CertificateAuthority> {
-  const certPath = join(dir, certFile(CA_NAME));
-  const keyPath = join(dir, keyFile(CA_NAME));
+async function readCa(
+  dir: string,
+  name: CaName,
+  certPem: string,
+  keyPem: string,
+): Promise<CertificateAuthority> {
+  const certPath = join(dir, certFile(name));
+  const keyPath = join(dir, keyFile(name));
   let key: KeyObject;
   try {
     key = createPrivateKey(keyPem);
   } catch (error) {
     throw new K8slabError(`${keyPath} is not a readable private key (cut short or damaged)`, {
       hint:
-        `restore ca-key.pem from a backup: it exists only here (it never leaves this host) and ` +
-        `every certificate of the lab depends on it; k8slab never replaces it`,
+        `restore ${keyFile(name)} from a backup: it exists only here (it never leaves this host) and ` +
+        `every certificate it signed depends on it; k8slab never replaces it`,
       cause: error,
     });
   }
   try {
     return loadCertificateAuthority(certPem, keyPem);
   } catch (error) {
-    const copy = await intactCaCopy(dir, key);
+    const copy = await intactCaCopy(dir, name, key);
     throw new K8slabError(`${certPath} is not a readable certificate (cut short or damaged)`, {
       hint: copy
         ? `restore it from a node bundle's copy: cp ${copy} ${certPath}`
-        : "restore ca.pem from a backup, or copy it from a VM of the lab (every VM has one)",
+        : `restore ${certFile(name)} from a backup, or copy it from a VM of the lab (every VM has one)`,
       cause: error,
     });
   }
 }
 
-/** A copy of ca.pem in a node bundle that still reads and belongs to the CA key. */
-async function intactCaCopy(dir: string, key: KeyObject): Promise<string | undefined> {
+/** A copy of a CA's certificate in a node bundle that still reads and belongs to its key. */
+async function intactCaCopy(
+  dir: string,
+  name: CaName,
+  key: KeyObject,
+): Promise<string | undefined> {
   for (const node of await listDir(join(dir, "nodes"))) {
-    const copy = join(dir, "nodes", node, certFile(CA_NAME));
+    const copy = join(dir, "nodes", node, certFile(name));
     try {
       const pem = await readTextIfExists(copy);
       if (pem !== undefined && new X509Certificate(pem).checkPrivateKey(key)) return copy;
@@ -138,8 +154,14 @@ async function intactCaCopy(dir: string, key: KeyObject): Promise<string | undef
   return undefined;
 }
 
+/**
+ * A CA of the lab from its files, or a new one. The lab's CA is never re-created once anything
+ * it signed exists; etcd's own CA is created when a lab from before it had none (its
+ * certificates are then re-issued from it).
+ */
 async function loadOrCreateCa(
   dir: string,
+  name: CaName,
   topology: PkiTopology,
   manifest: Manifest | undefined,
   now: Date,
@@ -147,14 +169,14 @@ async function loadOrCreateCa(
   takeKeys: KeySource,
 ): Promise<CertificateAuthority> {
   const [certPem, keyPem] = await Promise.all([
-    readTextIfExists(join(dir, certFile(CA_NAME))),
-    readTextIfExists(join(dir, keyFile(CA_NAME))),
+    readTextIfExists(join(dir, certFile(name))),
+    readTextIfExists(join(dir, keyFile(name))),
   ]);
   if (certPem !== undefined && keyPem !== undefined) {
-    const ca = await readCa(dir, certPem, keyPem);
+    const ca = await readCa(dir, name, certPem, keyPem);
     if (!ca.x509.checkPrivateKey(ca.key)) {
       throw new K8slabError(
-        `${join(dir, "ca-key.pem")} does not belong to ${join(dir, "ca.pem")}`,
+        `${join(dir, keyFile(name))} does not belong to ${join(dir, certFile(name))}`,
         {
           hint: `restore the matching pair from a backup, or remove ${dir} to start over with a new CA`,
         },
@@ -162,37 +184,39 @@ async function loadOrCreateCa(
     }
     const notAfter = new Date(ca.x509.validTo);
     if (notAfter <= now) {
-      throw new K8slabError(`the lab CA in ${dir} expired on ${isoDate(notAfter)}`, {
+      throw new K8slabError(`the lab's ${name} in ${dir} expired on ${isoDate(notAfter)}`, {
         hint: `remove ${dir} and run \`k8slab provision\` so every VM receives certificates from a new CA`,
       });
     }
-    result.reused.push(CA_NAME);
+    result.reused.push(name);
     return ca;
   }
   if (keyPem === undefined && certPem !== undefined) {
-    throw missingCaKeyError(dir, "ca-key.pem is missing but ca.pem exists");
+    throw missingCaKeyError(dir, `${keyFile(name)} is missing but ${certFile(name)} exists`, name);
   }
   if (keyPem !== undefined) {
-    throw missingCaKeyError(dir, "ca.pem is missing but ca-key.pem exists");
+    throw missingCaKeyError(dir, `${certFile(name)} is missing but ${keyFile(name)} exists`, name);
   }
-  const leftovers = (await listDir(dir)).filter((f) => f.endsWith(".pem"));
-  const recorded = Object.keys(manifest?.certs ?? {});
-  if (leftovers.length > 0 || recorded.length > 0) {
-    throw missingCaKeyError(
-      dir,
-      `ca.pem and ca-key.pem are missing but ${Math.max(leftovers.length, recorded.length)} other PKI files exist`,
-    );
+  if (name === CA_NAME) {
+    const leftovers = (await listDir(dir)).filter((f) => f.endsWith(".pem"));
+    const recorded = Object.keys(manifest?.certs ?? {});
+    if (leftovers.length > 0 || recorded.length > 0) {
+      throw missingCaKeyError(
+        dir,
+        `ca.pem and ca-key.pem are missing but ${Math.max(leftovers.length, recorded.length)} other PKI files exist`,
+      );
+    }
   }
   const keys = await takeKeys();
   const caValidity = validityFrom(now, topology.validityDays * CA_VALIDITY_FACTOR);
   const newCertPem = createCaCertificate(
     keys,
-    { commonName: caCommonName(topology), organizations: ["k8slab"] },
+    { commonName: caCommonName(topology, name), organizations: ["k8slab"] },
     caValidity,
   );
-  await writeIfChanged(join(dir, keyFile(CA_NAME)), keys.privateKeyPem, SECRET_MODE);
-  await writeIfChanged(join(dir, certFile(CA_NAME)), newCertPem, PUBLIC_MODE);
-  result.created.push(CA_NAME);
+  await writeIfChanged(join(dir, keyFile(name)), keys.privateKeyPem, SECRET_MODE);
+  await writeIfChanged(join(dir, certFile(name)), newCertPem, PUBLIC_MODE);
+  result.created.push(name);
   return loadCertificateAuthority(newCertPem, keys.privateKeyPem);
 }
 
@@ -229,7 +253,7 @@ async function decide(
     );
   }
   if (!x509.checkIssued(ca.x509) || !x509.verify(ca.x509.publicKey)) {
-    return reissue("not signed by the lab CA");
+    return reissue(`not signed by the ${spec.issuer === CA_NAME ? "lab CA" : "etcd CA"}`);
   }
   try {
     if (!x509.checkPrivateKey(createPrivateKey(keyPem))) {
@@ -270,9 +294,13 @@ function recordOf(node: string | undefined, spec: IssuedSpec, x509: X509Certific
   };
 }
 
-function caRecord(ca: CertificateAuthority, topology: PkiTopology): Manifest["ca"] {
+function caRecord(
+  ca: CertificateAuthority,
+  topology: PkiTopology,
+  name: CaName = CA_NAME,
+): Manifest["ca"] {
   return {
-    subject: { commonName: caCommonName(topology), organizations: ["k8slab"] },
+    subject: { commonName: caCommonName(topology, name), organizations: ["k8slab"] },
     serial: ca.x509.serialNumber.toLowerCase(),
     notBefore: new Date(ca.x509.validFrom).toISOString(),
     notAfter: new Date(ca.x509.validTo).toISOString(),
@@ -348,15 +376,19 @@ export async function ensurePki(
   const specs = planCertificates(topology);
 
   const fresh = manifest === undefined && (await listDir(dir)).every((f) => !f.endsWith(".pem"));
-  const takeKeys = keySource(fresh ? 2 : 0);
-  const ca = await loadOrCreateCa(dir, topology, manifest, now, result, takeKeys);
+  // RSA keys: the two CAs and the service account's.
+  const takeKeys = keySource(fresh ? 3 : 0);
+  const ca = await loadOrCreateCa(dir, CA_NAME, topology, manifest, now, result, takeKeys);
+  const etcdCa = await loadOrCreateCa(dir, ETCD_CA_NAME, topology, manifest, now, result, takeKeys);
+  const cas: Record<CaName, CertificateAuthority> = { [CA_NAME]: ca, [ETCD_CA_NAME]: etcdCa };
 
   const decisions = await Promise.all(
     specs.map((spec) =>
-      decide(dir, spec, manifest?.certs[spec.name], ca, now, topology.validityDays),
+      decide(dir, spec, manifest?.certs[spec.name], cas[spec.issuer], now, topology.validityDays),
     ),
   );
-  const leafValidity = validityFrom(now, topology.validityDays, new Date(ca.x509.validTo));
+  const leafValidity = (issuer: CaName) =>
+    validityFrom(now, topology.validityDays, new Date(cas[issuer].x509.validTo));
   const pems = new Map<string, Existing>();
   const records: Record<string, CertRecord> = {};
   const [serviceAccount] = await Promise.all([
@@ -370,7 +402,12 @@ export async function ensurePki(
         return;
       }
       const keys = generateEcKeyPair();
-      const certPem = issueCertificate(spec, keys.publicKeyPem, ca, leafValidity);
+      const certPem = issueCertificate(
+        spec,
+        keys.publicKeyPem,
+        cas[spec.issuer],
+        leafValidity(spec.issuer),
+      );
       await writeIfChanged(join(dir, keyFile(spec.name)), keys.privateKeyPem, SECRET_MODE);
       await writeIfChanged(join(dir, certFile(spec.name)), certPem, PUBLIC_MODE);
       pems.set(spec.name, { certPem, keyPem: keys.privateKeyPem });
@@ -392,6 +429,7 @@ export async function ensurePki(
   const newManifest: Manifest = {
     version: 1,
     ca: caRecord(ca, topology),
+    etcdCa: caRecord(etcdCa, topology, ETCD_CA_NAME),
     serviceAccount: {
       publicKeySha256: createHash("sha256").update(serviceAccount.publicKeyPem).digest("hex"),
     },
@@ -401,6 +439,7 @@ export async function ensurePki(
 
   const files = new Map<string, { content: string; mode: number }>();
   files.set(certFile(CA_NAME), { content: ca.certPem, mode: PUBLIC_MODE });
+  files.set(certFile(ETCD_CA_NAME), { content: etcdCa.certPem, mode: PUBLIC_MODE });
   for (const [name, pem] of pems) {
     files.set(certFile(name), { content: pem.certPem, mode: PUBLIC_MODE });
     files.set(keyFile(name), { content: pem.keyPem, mode: SECRET_MODE });
@@ -433,7 +472,12 @@ export async function ensurePki(
   }
 
   await syncBundles(labDir, topology, files);
-  return inPlanOrder(result, [CA_NAME, ...specs.map((s) => s.name), SERVICE_ACCOUNT]);
+  return inPlanOrder(result, [
+    CA_NAME,
+    ETCD_CA_NAME,
+    ...specs.map((s) => s.name),
+    SERVICE_ACCOUNT,
+  ]);
 }
 
 /** Keys are issued as they arrive from the thread pool; report them in a stable order. */

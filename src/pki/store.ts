@@ -95,15 +95,19 @@ const certRecordSchema = z.object({
   sha256: z.string(),
 });
 
+const caRecordSchema = z.object({
+  subject: subjectSchema,
+  serial: z.string(),
+  notBefore: z.string(),
+  notAfter: z.string(),
+  sha256: z.string(),
+});
+
 const manifestSchema = z.object({
   version: z.literal(1),
-  ca: z.object({
-    subject: subjectSchema,
-    serial: z.string(),
-    notBefore: z.string(),
-    notAfter: z.string(),
-    sha256: z.string(),
-  }),
+  ca: caRecordSchema,
+  /** etcd's own CA (labs from before it have none in their manifest). */
+  etcdCa: caRecordSchema.optional(),
   serviceAccount: z.object({ publicKeySha256: z.string() }).optional(),
   certs: z.record(z.string(), certRecordSchema),
 });

@@ -19,16 +19,33 @@ export interface Transport {
   get(url: string, identity: Identity, timeoutMs: number): Promise<HttpAnswer>;
 }
 
+interface IdentityFiles {
+  /** The CA that signed the server's certificate (etcd has its own). */
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+const ETCD_CLIENT: IdentityFiles = {
+  ca: "etcd-ca.pem",
+  cert: "etcd-client-apiserver.pem",
+  key: "etcd-client-apiserver-key.pem",
+};
+
 /** Files on the host (lab pki/) for each identity. */
-const HOST_FILES: Record<Identity, { cert: string; key: string }> = {
-  etcd: { cert: "etcd-client-apiserver.pem", key: "etcd-client-apiserver-key.pem" },
-  admin: { cert: "admin.pem", key: "admin-key.pem" },
+const HOST_FILES: Record<Identity, IdentityFiles> = {
+  etcd: ETCD_CLIENT,
+  admin: { ca: "ca.pem", cert: "admin.pem", key: "admin-key.pem" },
 };
 
 /** Files on the master VM for each identity (its bundle holds no admin key). */
-const VM_FILES: Record<Identity, { cert: string; key: string }> = {
-  etcd: { cert: "etcd-client-apiserver.pem", key: "etcd-client-apiserver-key.pem" },
-  admin: { cert: "apiserver-kubelet-client.pem", key: "apiserver-kubelet-client-key.pem" },
+const VM_FILES: Record<Identity, IdentityFiles> = {
+  etcd: ETCD_CLIENT,
+  admin: {
+    ca: "ca.pem",
+    cert: "apiserver-kubelet-client.pem",
+    key: "apiserver-kubelet-client-key.pem",
+  },
 };
 
 export class HttpsTransport implements Transport {
@@ -47,7 +64,7 @@ export class HttpsTransport implements Transport {
   async get(url: string, identity: Identity, timeoutMs: number): Promise<HttpAnswer> {
     const files = HOST_FILES[identity];
     const [ca, cert, key] = await Promise.all([
-      this.file("ca.pem"),
+      this.file(files.ca),
       this.file(files.cert),
       this.file(files.key),
     ]);
@@ -83,7 +100,7 @@ export class SshTransport implements Transport {
     const command = [
       "sudo curl -sS",
       `--max-time ${seconds}`,
-      `--cacert ${shellQuote(`${this.vmPkiDir}/ca.pem`)}`,
+      `--cacert ${shellQuote(`${this.vmPkiDir}/${files.ca}`)}`,
       `--cert ${shellQuote(`${this.vmPkiDir}/${files.cert}`)}`,
       `--key ${shellQuote(`${this.vmPkiDir}/${files.key}`)}`,
       "-w '\\n%{http_code}'",

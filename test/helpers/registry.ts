@@ -110,6 +110,7 @@ function serverSpec(name: string, ips: string[]): CertSpec {
     sans: { dns: [], ips },
     keyUsage: ["digitalSignature", "keyEncipherment"],
     extKeyUsage: ["serverAuth"],
+    issuer: "ca",
   };
 }
 

@@ -106,7 +106,7 @@ spec:
         - "--insecure-bind-address=127.0.0.1"
         - "--insecure-port=8080"
         - "--etcd-servers=https://192.168.56.160:2379"
-        - "--etcd-cafile=/etc/kubernetes/pki/ca.pem"
+        - "--etcd-cafile=/etc/kubernetes/pki/etcd-ca.pem"
         - "--etcd-certfile=/etc/kubernetes/pki/etcd-client-apiserver.pem"
         - "--etcd-keyfile=/etc/kubernetes/pki/etcd-client-apiserver-key.pem"
         - "--storage-backend=etcd3"

@@ -101,11 +101,11 @@ ExecStart=${etcd_bin} \\
   --initial-cluster-token=single-node \\
   --cert-file=/etc/kubernetes/pki/etcd-server-k8s.pem \\
   --key-file=/etc/kubernetes/pki/etcd-server-k8s-key.pem \\
-  --trusted-ca-file=/etc/kubernetes/pki/ca.pem \\
+  --trusted-ca-file=/etc/kubernetes/pki/etcd-ca.pem \\
   --client-cert-auth \\
   --peer-cert-file=/etc/kubernetes/pki/etcd-peer-k8s.pem \\
   --peer-key-file=/etc/kubernetes/pki/etcd-peer-k8s-key.pem \\
-  --peer-trusted-ca-file=/etc/kubernetes/pki/ca.pem \\
+  --peer-trusted-ca-file=/etc/kubernetes/pki/etcd-ca.pem \\
   --peer-client-cert-auth \\
   --heartbeat-interval=500 \\
   --election-timeout=5000 ${enable_v2}

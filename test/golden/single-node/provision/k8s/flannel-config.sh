@@ -72,7 +72,7 @@ etcd_endpoints=https://192.168.56.160:2379
 prefix=/coreos.com/network
 etcd_v2() {
   ETCDCTL_API=2 "$etcdctl_bin" --endpoints "$etcd_endpoints" \
-    --ca-file /etc/kubernetes/pki/ca.pem \
+    --ca-file /etc/kubernetes/pki/etcd-ca.pem \
     --cert-file /etc/kubernetes/pki/etcd-client-flannel.pem \
     --key-file /etc/kubernetes/pki/etcd-client-flannel-key.pem "$@"
 }

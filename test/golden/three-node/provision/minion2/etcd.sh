@@ -101,11 +101,11 @@ ExecStart=${etcd_bin} \\
   --initial-cluster-token=three-node \\
   --cert-file=/etc/kubernetes/pki/etcd-server-minion2.pem \\
   --key-file=/etc/kubernetes/pki/etcd-server-minion2-key.pem \\
-  --trusted-ca-file=/etc/kubernetes/pki/ca.pem \\
+  --trusted-ca-file=/etc/kubernetes/pki/etcd-ca.pem \\
   --client-cert-auth \\
   --peer-cert-file=/etc/kubernetes/pki/etcd-peer-minion2.pem \\
   --peer-key-file=/etc/kubernetes/pki/etcd-peer-minion2-key.pem \\
-  --peer-trusted-ca-file=/etc/kubernetes/pki/ca.pem \\
+  --peer-trusted-ca-file=/etc/kubernetes/pki/etcd-ca.pem \\
   --peer-client-cert-auth \\
   --heartbeat-interval=500 \\
   --election-timeout=5000 ${enable_v2}
