@@ -472,12 +472,7 @@ export async function ensurePki(
   }
 
   await syncBundles(labDir, topology, files);
-  return inPlanOrder(result, [
-    CA_NAME,
-    ETCD_CA_NAME,
-    ...specs.map((s) => s.name),
-    SERVICE_ACCOUNT,
-  ]);
+  return inPlanOrder(result, [CA_NAME, ETCD_CA_NAME, ...specs.map((s) => s.name), SERVICE_ACCOUNT]);
 }
 
 /** Keys are issued as they arrive from the thread pool; report them in a stable order. */
