@@ -11,7 +11,17 @@
 import { execa } from "execa";
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, symlink } from "node:fs/promises";
+import {
+  chmod,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+} from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -124,6 +134,12 @@ export async function prepareK8sFixtures(): Promise<K8sFixtures> {
       await execa("touch", [join(work, "done")]);
       await rm(dir, { recursive: true, force: true });
       await rename(work, dir);
+      // Archives of earlier versions of this helper are never used again.
+      for (const old of await readdir(testCache())) {
+        if (/^k8s-fixtures-[0-9a-f]{16}$/.test(old) && join(testCache(), old) !== dir) {
+          await rm(join(testCache(), old), { recursive: true, force: true });
+        }
+      }
     } catch (error) {
       await rm(work, { recursive: true, force: true });
       throw error;
