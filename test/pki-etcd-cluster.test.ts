@@ -47,12 +47,16 @@ function etcdArgs(node: { name: string; ip: string }, dataDir: string): string[]
   ];
 }
 
-/** etcdctl (v3 API) in a node's namespace with a client certificate from that node's bundle. */
+/**
+ * etcdctl (v3 API) in a node's namespace, trusting etcd's CA from that node's bundle, with a
+ * client certificate: a name in that bundle, or the path of one elsewhere (without ".pem").
+ */
 function etcdctl(node: string, cert: string | undefined, args: string[]) {
   const bundle = nodeBundleDir(labDir, node);
   const tls = [`--cacert=${join(bundle, "etcd-ca.pem")}`];
   if (cert !== undefined) {
-    tls.push(`--cert=${join(bundle, `${cert}.pem`)}`, `--key=${join(bundle, `${cert}-key.pem`)}`);
+    const base = cert.includes("/") ? cert : join(bundle, cert);
+    tls.push(`--cert=${base}.pem`, `--key=${base}-key.pem`);
   }
   return net!.exec(
     net!.host(node).ns,
@@ -247,22 +251,12 @@ describe.skipIf(!support.ok)("a real etcd 3.4 cluster with the lab's certificate
       ]);
       expect(result.exitCode, `${cert}: ${result.all}`).not.toBe(0);
     }
-    const admin = await net!.exec(
-      net!.host("master").ns,
-      "etcdctl",
-      [
-        "--dial-timeout=3s",
-        "--command-timeout=5s",
-        `--endpoints=${endpoints[0]}`,
-        `--cacert=${join(nodeBundleDir(labDir, "master"), "etcd-ca.pem")}`,
-        `--cert=${join(labDir, "pki", "admin.pem")}`,
-        `--key=${join(labDir, "pki", "admin-key.pem")}`,
-        "put",
-        "/registry/clusterrolebindings/pwn",
-        "x",
-      ],
-      { timeoutMs: 15_000, env: { ETCDCTL_API: "3" } },
-    );
+    const admin = await etcdctl("master", join(labDir, "pki", "admin"), [
+      `--endpoints=${endpoints[0]}`,
+      "put",
+      "/registry/clusterrolebindings/pwn",
+      "x",
+    ]);
     expect(admin.exitCode, admin.all).not.toBe(0);
     await waitForLog("master", /rejected connection.*signed by unknown authority/);
     // Only etcd's two clients have certificates for it: no node bundle has another.
@@ -281,21 +275,10 @@ describe.skipIf(!support.ok)("a real etcd 3.4 cluster with the lab's certificate
   it("refuses a client certificate issued by another lab's CA", async () => {
     const otherLab = join(root, "other-lab");
     await ensurePki(otherLab, threeNodeTopology({ labName: "other-lab" }));
-    const bundle = nodeBundleDir(otherLab, "master");
-    const result = await net!.exec(
-      net!.host("master").ns,
-      "etcdctl",
-      [
-        "--dial-timeout=3s",
-        "--command-timeout=5s",
-        `--endpoints=${endpoints[0]}`,
-        `--cacert=${join(nodeBundleDir(labDir, "master"), "etcd-ca.pem")}`,
-        `--cert=${join(bundle, "etcd-client-apiserver.pem")}`,
-        `--key=${join(bundle, "etcd-client-apiserver-key.pem")}`,
-        "endpoint",
-        "health",
-      ],
-      { timeoutMs: 15_000, env: { ETCDCTL_API: "3" } },
+    const result = await etcdctl(
+      "master",
+      join(nodeBundleDir(otherLab, "master"), "etcd-client-apiserver"),
+      [`--endpoints=${endpoints[0]}`, "endpoint", "health"],
     );
     expect(result.exitCode).not.toBe(0);
     expect(result.all).not.toContain("is healthy");
