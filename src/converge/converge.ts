@@ -20,7 +20,7 @@ import { defaultLabDir, renderLabDir, type RenderResult } from "../render/index.
 import type { Runner } from "../util/exec.js";
 import { VagrantError, type Vagrant } from "../vagrant/vagrant.js";
 import { readState, writeState, type LabState } from "./state.js";
-import { provisionersFor, stagesUntil, type Stage, type StageName } from "./stages.js";
+import { provisionersFor, stagePhases, stagesUntil, type Stage, type StageName } from "./stages.js";
 
 export type Provider = "virtualbox" | "libvirt";
 
@@ -267,7 +267,7 @@ function phasesOf(provisioners: readonly string[], asked: readonly Phase[]): Pha
 async function stageDone(stage: Stage, plan: LabPlan, state: LabState, book: PhaseBook) {
   if (!state.stages[stage.name]) return false;
   for (const node of plan.nodes) {
-    if ((await book.pending(node, stage.phases)).length > 0) return false;
+    if ((await book.pending(node, stagePhases(stage, node))).length > 0) return false;
   }
   return true;
 }
@@ -304,10 +304,10 @@ async function runStage(
     // the stage's retry phases where the check says the goal waits.
     const work = await Promise.all(
       ctx.plan.nodes.map(async (node) => {
-        const phases = new Set<Phase>(await book.pending(node, stage.phases));
+        const phases = new Set<Phase>(await book.pending(node, stagePhases(stage, node)));
         const named = last.failing ? last.failing.includes(node.name) : true;
         if (pass > 1 && named) {
-          for (const p of stage.retryPhases ?? stage.phases) phases.add(p);
+          for (const p of stage.retryPhases ?? stagePhases(stage, node)) phases.add(p);
         }
         return { node, phases: node.phases.filter((p) => phases.has(p)) };
       }),
@@ -347,7 +347,7 @@ async function runStage(
       await Promise.all(
         ctx.plan.nodes.map(async (n) => ({
           node: n.name,
-          phases: await book.pending(n, stage.phases),
+          phases: await book.pending(n, stagePhases(stage, n)),
         })),
       )
     ).filter((p) => p.phases.length > 0);

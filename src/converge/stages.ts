@@ -22,7 +22,9 @@ export interface Stage {
   /** What the stage waits for, in words, for progress and errors. */
   goal: string;
   phases: readonly Phase[];
-  /** Phases run again on the nodes a failing check names, on later passes (default: `phases`). */
+  /** Phases this stage runs on the control-plane node only (the other nodes run them later). */
+  masterPhases?: readonly Phase[];
+  /** Phases run again on the nodes a failing check names, on later passes (default: the stage's). */
   retryPhases?: readonly Phase[];
   check: (plan: LabPlan, t: Transport) => Promise<CheckResult>;
   deadlineMs: number;
@@ -61,9 +63,12 @@ export const STAGES: readonly Stage[] = [
     diagnostic: "vagrant provision <node> --provision-with flannel-config",
   },
   {
+    // The other nodes' kubelets and kube-proxies start in the next stage: before the API server
+    // answers they would only hammer it with TLS handshakes, which on a slow VM starves it.
     name: "control-plane",
     goal: "the API server answers /healthz",
-    phases: ["flannel", "docker", "kubelet", "control-plane", "kube-proxy"],
+    phases: ["flannel", "docker"],
+    masterPhases: ["kubelet", "control-plane"],
     check: checkApiServer,
     deadlineMs: 20 * MIN,
     maxPasses: 3,
@@ -74,7 +79,7 @@ export const STAGES: readonly Stage[] = [
   {
     name: "nodes",
     goal: "every node is Ready",
-    phases: [],
+    phases: ["kubelet", "kube-proxy"],
     retryPhases: ["flannel", "docker", "kubelet", "kube-proxy"],
     check: checkNodesReady,
     deadlineMs: 10 * MIN,
@@ -94,6 +99,12 @@ export const STAGES: readonly Stage[] = [
     diagnostic: "kubectl -n kube-system get pods; kubectl -n kube-system describe pods",
   },
 ];
+
+/** The phases a stage runs on a node, in the node's order. */
+export function stagePhases(stage: Stage, node: NodePlan): Phase[] {
+  const mine = [...stage.phases, ...(node.isMaster ? (stage.masterPhases ?? []) : [])];
+  return node.phases.filter((p) => mine.includes(p));
+}
 
 /** The Vagrant provisioner names one node runs for some phases (pki includes its upload). */
 export function provisionersFor(node: NodePlan, phases: readonly Phase[]): string[] {

@@ -11,7 +11,8 @@ export interface CheckResult {
   failing?: string[];
 }
 
-const TIMEOUT_MS = 5_000;
+/** One look: a busy or emulated VM can take seconds to answer. */
+const TIMEOUT_MS = 10_000;
 
 function reason(error: unknown): string {
   const e = error as NodeJS.ErrnoException;
