@@ -35,8 +35,8 @@ function stringPaths(value: unknown, path: (string | number)[] = []): (string | 
 }
 
 const fullLab = editedLab("three-node", [
-  [["box", "version"], ">= 20180309"],
-  [["box", "url"], "https://example.invalid/box.box"],
+  [["box", "virtualbox", "version"], ">= 20180309"],
+  [["box", "libvirt", "url"], "https://example.invalid/box.box"],
   [["nodes", 1, "labels"], { disktype: "ssd" }],
   [
     ["registry"],

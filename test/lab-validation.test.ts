@@ -62,6 +62,14 @@ describe("schema errors carry file, line, column and dotted path", () => {
     ]);
   });
 
+  it("an unknown key where the schema offers a choice of shapes lists the keys of every shape", () => {
+    const text = editedLab("three-node", [[["box", "version"], "1.0"]]);
+    const [problem, ...rest] = errorsOf(text);
+    expect(rest).toEqual([]);
+    expect(problem?.path).toBe("box.version");
+    expect(problem?.hint).toBe("this takes one of {name, version, url} or {virtualbox, libvirt}, not a mix");
+  });
+
   it("reports every problem at once, in file order", () => {
     const text = editedLab("three-node", [
       [["name"], "Bad_Name"],

@@ -112,7 +112,7 @@ function etcdctl3(cert: string, args: string): string {
   return [
     "ETCDCTL_API=3 etcdctl --dial-timeout=3s --command-timeout=5s",
     `--endpoints ${ENDPOINTS}`,
-    `--cacert ${pki}/ca.pem --cert ${pki}/${cert}.pem --key ${pki}/${cert}-key.pem`,
+    `--cacert ${pki}/etcd-ca.pem --cert ${pki}/${cert}.pem --key ${pki}/${cert}-key.pem`,
     args,
   ].join(" ");
 }
@@ -123,7 +123,7 @@ function etcdctl2(cert: string, args: string): string {
   return [
     "ETCDCTL_API=2 etcdctl",
     `--endpoints ${ENDPOINTS}`,
-    `--ca-file ${pki}/ca.pem --cert-file ${pki}/${cert}.pem --key-file ${pki}/${cert}-key.pem`,
+    `--ca-file ${pki}/etcd-ca.pem --cert-file ${pki}/${cert}.pem --key-file ${pki}/${cert}-key.pem`,
     args,
   ].join(" ");
 }
@@ -230,7 +230,8 @@ describe.skipIf(!availability.ok)("the three-node lab's provisioners on real sys
     const { plan, warnings } = lab();
     expect(warnings).toEqual([]);
     expect(plan.lab.network.hostOnly).toBe(`192.168.56.0/${PREFIX}`);
-    expect(plan.lab.network.interface).toBe("eth1");
+    // No interface name: the scripts find the NIC that holds the node's address (here eth1).
+    expect(plan.lab.network.interface).toBeUndefined();
     expect(plan.nodes.map((n) => ({ name: n.name, ip: n.ip }))).toEqual(LAB_NODES);
     expect(plan.etcdEndpoints).toBe(ENDPOINTS);
     for (const n of plan.nodes) {
@@ -317,7 +318,7 @@ describe.skipIf(!availability.ok)("the three-node lab's provisioners on real sys
     // Client certificates are required (--client-cert-auth): the same request with and without.
     const pki = lab().plan.paths.pki;
     const health2 = `https://${LAB_NODES[2].ip}:2379/health`;
-    const curl = `curl -sS --max-time 5 --cacert ${pki}/ca.pem`;
+    const curl = `curl -sS --max-time 5 --cacert ${pki}/etcd-ca.pem`;
     const withCert = await node("minion2").exec(
       `${curl} --cert ${pki}/etcd-client-flannel.pem --key ${pki}/etcd-client-flannel-key.pem ${health2}`,
       { timeoutMs: 20_000 },

@@ -46,16 +46,22 @@ function dotted(path: readonly PropertyKey[]): string {
 function fromZodIssue(source: YamlSource, root: z.ZodType, issue: z.core.$ZodIssue): Problem[] {
   const base = { severity: "error" as const, file: source.file };
   if (issue.code === "unrecognized_keys") {
+    const shapes = shapesAt(root, issue.path);
+    const known = [...new Set(shapes.flat())];
     return issue.keys.map((key) => {
       const path = [...issue.path, key];
-      const known = knownKeysAt(root, issue.path);
-      const guess = closest(key, known);
+      const guess = known.includes(key) ? undefined : closest(key, known);
+      const choices = shapes.map((keys) => `{${keys.join(", ")}}`).join(" or ");
       return {
         ...base,
         ...source.locate(path, { key: true }),
         path: dotted(path),
         message: `unknown key ${JSON.stringify(key)}`,
-        hint: guess ? `did you mean ${guess}?` : `known keys here: ${known.join(", ")}`,
+        hint: guess
+          ? `did you mean ${guess}?`
+          : shapes.length > 1
+            ? `this takes one of ${choices}, not a mix`
+            : `known keys here: ${known.join(", ")}`,
       };
     });
   }
@@ -74,28 +80,43 @@ function tidy(message: string): string {
   return message.replace(/^Invalid input: /, "").replace(/^Invalid option: /, "");
 }
 
-/** The keys the schema allows at a path, for "did you mean" hints. */
-function knownKeysAt(root: z.ZodType, path: readonly PropertyKey[]): string[] {
-  let schema: unknown = root;
-  for (const segment of [...path, null]) {
-    schema = unwrap(schema);
-    const def = (
-      schema as {
-        def?: {
-          type?: string;
-          shape?: Record<string, unknown>;
-          element?: unknown;
-          valueType?: unknown;
-        };
-      }
-    ).def;
-    if (segment === null) return def?.shape ? Object.keys(def.shape) : [];
-    if (def?.type === "object" && def.shape) schema = def.shape[String(segment)];
-    else if (def?.type === "array") schema = def.element;
-    else if (def?.type === "record") schema = def.valueType;
-    else return [];
+/**
+ * The key sets the schema allows at a path, for "did you mean" hints: one per object shape (a
+ * union offers several).
+ */
+function shapesAt(root: z.ZodType, path: readonly PropertyKey[]): string[][] {
+  let schemas: unknown[] = [root];
+  for (const segment of path) {
+    schemas = schemas.flatMap(options).flatMap((s) => {
+      const def = defOf(s);
+      if (def?.type === "object" && def.shape) return [def.shape[String(segment)]];
+      if (def?.type === "array") return [def.element];
+      if (def?.type === "record") return [def.valueType];
+      return [];
+    });
   }
-  return [];
+  return schemas.flatMap(options).flatMap((s) => {
+    const shape = defOf(s)?.shape;
+    return shape ? [Object.keys(shape)] : [];
+  });
+}
+
+interface SchemaDef {
+  type?: string;
+  shape?: Record<string, unknown>;
+  element?: unknown;
+  valueType?: unknown;
+  options?: unknown[];
+}
+
+function defOf(schema: unknown): SchemaDef | undefined {
+  return (unwrap(schema) as { def?: SchemaDef } | undefined)?.def;
+}
+
+/** A union's options (each unwrapped, nested unions flattened); any other schema is its own. */
+function options(schema: unknown): unknown[] {
+  const def = defOf(schema);
+  return def?.type === "union" && def.options ? def.options.flatMap(options) : [unwrap(schema)];
 }
 
 function unwrap(schema: unknown): unknown {
