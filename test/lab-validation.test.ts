@@ -67,7 +67,9 @@ describe("schema errors carry file, line, column and dotted path", () => {
     const [problem, ...rest] = errorsOf(text);
     expect(rest).toEqual([]);
     expect(problem?.path).toBe("box.version");
-    expect(problem?.hint).toBe("this takes one of {name, version, url} or {virtualbox, libvirt}, not a mix");
+    expect(problem?.hint).toBe(
+      "this takes one of {name, version, url} or {virtualbox, libvirt}, not a mix",
+    );
   });
 
   it("reports every problem at once, in file order", () => {
