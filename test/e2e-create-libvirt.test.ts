@@ -385,6 +385,41 @@ describe.skipIf(!E2E)(
     }, 1_500_000);
 
     it(
+      "a kubelet answers only the API server: anonymous and other lab certificates are refused, no read-only port",
+      async () => {
+        const pki = join(work, "lab", "pki");
+        /** The HTTP status of GET /pods on minion1's kubelet, with a lab client certificate or none. */
+        const kubeletStatus = async (cert?: string): Promise<string> => {
+          const auth = cert
+            ? ["--cert", join(pki, `${cert}.pem`), "--key", join(pki, `${cert}-key.pem`)]
+            : [];
+          const r = await env!.exec(
+            "curl",
+            [
+              ...["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}"],
+              ...["--cacert", join(pki, "ca.pem"), ...auth],
+              `https://${IPS.minion1}:10250/pods`,
+            ],
+            { timeoutMs: 60_000 },
+          );
+          return r.stdout.trim();
+        };
+        expect(await kubeletStatus()).toBe("401");
+        expect(await kubeletStatus("kube-proxy")).toBe("403");
+        expect(await kubeletStatus("admin")).toBe("200");
+        expect(await kubeletStatus("apiserver-kubelet-client")).toBe("200");
+        const readOnly = await env!.exec(
+          "curl",
+          ["-sS", "--max-time", "20", `http://${IPS.minion1}:10255/pods`],
+          { timeoutMs: 60_000 },
+        );
+        expect(readOnly.exitCode, readOnly.all).not.toBe(0);
+        expect(readOnly.all).toMatch(/refused/i);
+      },
+      STEP_TIMEOUT_MS,
+    );
+
+    it(
       "a second create does nothing",
       async () => {
         const before = await provisionLogs();
