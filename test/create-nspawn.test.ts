@@ -234,6 +234,7 @@ describe.skipIf(!available.ok)(
       expect(run.stderr).toMatch(/master: ran base\nminion1: ran base\nminion2: ran base/);
       const added = (await readFile(calls, "utf8")).slice(before);
       expect(added.trim().split("\n")).toEqual([
+        "status --machine-readable", // provision checks the VMs first
         "provision master --provision-with base --machine-readable",
         "provision minion1 --provision-with base --machine-readable",
         "provision minion2 --provision-with base --machine-readable",

@@ -228,8 +228,10 @@ describe("kubeconfig --merge", () => {
       clusters: { name: string; cluster: { server: string } }[];
     };
     expect(config["current-context"]).toBe("work");
-    expect(config.contexts.map((c) => c.name).sort()).toEqual(["single-node", "work"].sort());
-    expect(config.clusters.find((c) => c.name === "single-node")!.cluster.server).toBe(
+    expect(config.contexts.map((c) => c.name).sort()).toEqual(
+      ["k8slab-single-node", "work"].sort(),
+    );
+    expect(config.clusters.find((c) => c.name === "k8slab-single-node")!.cluster.server).toBe(
       "https://192.168.56.160:6443",
     );
     // Merging again replaces the lab's entries instead of adding copies.

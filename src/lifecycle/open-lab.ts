@@ -22,24 +22,30 @@ async function isDir(path: string): Promise<boolean> {
   }
 }
 
+export interface LabDirOptions {
+  cwd: string;
+  lab?: string | undefined;
+  dir?: string | undefined;
+}
+
+/**
+ * Where a lab's directory is, whether or not it exists: --dir, else the lab given when it is a
+ * lab directory, else ./<lab name> for a lab given by name or file, else the current directory.
+ */
+export async function findLabDir(options: LabDirOptions): Promise<string> {
+  if (options.dir) return resolve(options.cwd, options.dir);
+  if (!options.lab) return resolve(options.cwd);
+  const candidate = resolve(options.cwd, options.lab);
+  if ((await isDir(candidate)) && (await isDir(join(candidate, "pki")))) return candidate;
+  return resolve(options.cwd, (await loadLab(options.lab, { cwd: options.cwd })).lab.name);
+}
+
 /**
  * Find a rendered lab directory: --dir, else ./<lab name> for a lab given by name or file,
  * else the current directory when it is one.
  */
-export async function openLab(options: {
-  cwd: string;
-  lab?: string | undefined;
-  dir?: string | undefined;
-}): Promise<OpenLab> {
-  let dir: string;
-  if (options.dir) dir = resolve(options.cwd, options.dir);
-  else if (options.lab) {
-    const candidate = resolve(options.cwd, options.lab);
-    dir =
-      (await isDir(candidate)) && (await isDir(join(candidate, "pki")))
-        ? candidate
-        : resolve(options.cwd, (await loadLab(options.lab, { cwd: options.cwd })).lab.name);
-  } else dir = resolve(options.cwd);
+export async function openLab(options: LabDirOptions): Promise<OpenLab> {
+  const dir = await findLabDir(options);
   const file = join(dir, LAB_JSON);
   const labRef = options.lab ?? (await labOfPki(dir));
   const fix = labRef

@@ -103,7 +103,11 @@ export const provisionLab: typeof provisionUnlocked = (open, o) =>
   withLabLock(open.dir, "provision", () => provisionUnlocked(open, o));
 async function provisionUnlocked(
   open: OpenLab,
-  options: LabRunOptions & { phase?: Phase | undefined },
+  options: LabRunOptions & {
+    phase?: Phase | undefined;
+    /** The command that creates this lab, for the hint when its VMs do not exist. */
+    createCommand?: string | undefined;
+  },
 ): Promise<{ ran: { node: string; provisioners: string[] }[] }> {
   if (options.phase && !PHASES.includes(options.phase)) {
     throw new K8slabError(`unknown phase ${JSON.stringify(options.phase)}`, {
@@ -113,6 +117,27 @@ async function provisionUnlocked(
   }
   const phases = options.phase ? [options.phase] : [...PHASES];
   const vagrant = labVagrant(open, options);
+  // The VMs first: provisioning needs them running, and finding out after a download is slow.
+  const targets = open.plan.nodes.filter((n) => provisionersFor(n, phases).length > 0);
+  const machines = await vagrant.status();
+  const stateOf = (name: string) => machines.find((m) => m.name === name)?.state ?? "not_created";
+  const notCreated = targets.filter((n) => stateOf(n.name) === "not_created").map((n) => n.name);
+  const notRunning = targets
+    .filter((n) => !["not_created", "running"].includes(stateOf(n.name)))
+    .map((n) => `${n.name} (${stateOf(n.name).replace(/_/g, " ")})`);
+  const create = options.createCommand ?? `k8slab create ${open.lab.name} --dir ${open.dir}`;
+  if (notCreated.length > 0) {
+    throw new K8slabError(
+      `the VMs of lab ${open.lab.name} are not created: ${notCreated.join(", ")}; nothing to provision`,
+      { hint: `create them (it boots and provisions the lab): ${create}` },
+    );
+  }
+  if (notRunning.length > 0) {
+    throw new K8slabError(
+      `the VMs of lab ${open.lab.name} are not running: ${notRunning.join(", ")}`,
+      { hint: `boot them: cd ${open.dir} && vagrant up --no-provision (or: ${create})` },
+    );
+  }
   const ran: { node: string; provisioners: string[] }[] = [];
   await withArtifacts(open.plan, options, async (env) => {
     for (const node of open.plan.nodes) {
@@ -190,14 +215,22 @@ export async function labStatus(open: OpenLab, options: LabRunOptions): Promise<
   return status;
 }
 
-/** `k8slab destroy`: every VM goes; the PKI stays unless purge (then the whole lab directory). */
+/**
+ * `k8slab destroy`: every VM goes; the PKI stays unless purge (then the whole lab directory).
+ * When Vagrant reports no machine created there is nothing for `vagrant destroy` to do (and it
+ * may fail on such a lab), so it is not run. Resolves with whether VMs were destroyed.
+ */
 export const destroyLab: typeof destroyUnlocked = (open, o) =>
   withLabLock(open.dir, "destroy", () => destroyUnlocked(open, o));
 async function destroyUnlocked(
   open: OpenLab,
   options: LabRunOptions & { purge: boolean },
-): Promise<void> {
-  await labVagrant(open, options).destroy();
+): Promise<{ vms: boolean }> {
+  const vagrant = labVagrant(open, options);
+  const machines = await vagrant.status();
+  const vms = machines.some((m) => m.state !== "not_created");
+  if (vms) await vagrant.destroy();
   await rm(statePath(open.dir), { force: true });
   if (options.purge) await rm(open.dir, { recursive: true, force: true });
+  return { vms };
 }

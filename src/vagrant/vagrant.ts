@@ -1,6 +1,8 @@
 import { createWriteStream, type WriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
+import { constants } from "node:os";
 import { join } from "node:path";
+import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { CommandFailedError, K8slabError } from "../errors.js";
 import { formatCommand, runCommand, tail, type Runner } from "../util/exec.js";
@@ -214,18 +216,67 @@ export class Vagrant {
     return stdout;
   }
 
-  /** An interactive shell on a machine, attached to this terminal. */
-  async sshInteractive(machine: string): Promise<void> {
-    const result = await execa("vagrant", ["ssh", machine], {
+  /**
+   * Run a command on a machine for a person (`k8slab ssh -c`): its output streams as it comes, to
+   * `io` (or straight to this process's stdout and stderr), with no time limit, and this
+   * process's standard input. Resolves with vagrant's exit status: the remote command's, or
+   * Vagrant's own failure. Internal checks that need the output use `sshCommand`.
+   */
+  async sshStream(
+    machine: string,
+    command: string,
+    io: { stdout: Writable; stderr: Writable } = { stdout: process.stdout, stderr: process.stderr },
+  ): Promise<number> {
+    return this.attached(["ssh", machine, "-c", command], io);
+  }
+
+  /** An interactive shell on a machine, attached to this terminal; resolves with its exit status. */
+  async sshInteractive(machine: string): Promise<number> {
+    return this.attached(["ssh", machine], { stdout: process.stdout, stderr: process.stderr });
+  }
+
+  /**
+   * Run vagrant attached to this process, as a shell runs a foreground job: Ctrl-C reaches it
+   * from the terminal (this process waits for it instead of dying first), SIGTERM and SIGHUP are
+   * passed on. The exit status is vagrant's, or 128 + the signal's number when a signal ended it.
+   */
+  private async attached(args: string[], io: { stdout: Writable; stderr: Writable }) {
+    const direct = (stream: Writable, own: Writable) => (stream === own ? "inherit" : "pipe");
+    const child = execa("vagrant", args, {
       cwd: this.options.cwd,
       env: { ...this.options.env, VAGRANT_CHECKPOINT_DISABLE: "1" },
-      stdio: "inherit",
+      stdin: "inherit",
+      stdout: direct(io.stdout, process.stdout),
+      stderr: direct(io.stderr, process.stderr),
+      buffer: false,
       reject: false,
+      ...(this.options.signal ? { cancelSignal: this.options.signal } : {}),
     });
-    if (result.failed && result.exitCode === undefined) {
-      throw new K8slabError(`vagrant ssh ${machine} failed: ${result.shortMessage}`, {
+    child.stdout?.on("data", (chunk: Buffer) => io.stdout.write(chunk));
+    child.stderr?.on("data", (chunk: Buffer) => io.stderr.write(chunk));
+    const waitForChild = () => undefined;
+    const pass = (signal: NodeJS.Signals) => () => child.kill(signal);
+    const onTerm = pass("SIGTERM");
+    const onHup = pass("SIGHUP");
+    process.on("SIGINT", waitForChild);
+    process.on("SIGTERM", onTerm);
+    process.on("SIGHUP", onHup);
+    try {
+      const result = await child;
+      if (result.exitCode !== undefined) return result.exitCode;
+      if (result.signal) return 128 + (constants.signals[result.signal] ?? 0);
+      if ((result as { code?: string }).code === "ENOENT") {
+        throw new K8slabError("vagrant was not found on PATH", {
+          hint: "install Vagrant (https://www.vagrantup.com), then run: k8slab doctor",
+        });
+      }
+      throw new K8slabError(`${formatCommand("vagrant", args)} failed: ${result.shortMessage}`, {
         hint: "is Vagrant installed? k8slab doctor",
       });
+    } finally {
+      process.off("SIGINT", waitForChild);
+      process.off("SIGTERM", onTerm);
+      process.off("SIGHUP", onHup);
     }
   }
 

@@ -1,14 +1,23 @@
+import { existsSync } from "node:fs";
 import { createInterface } from "node:readline/promises";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { Command, Option } from "commander";
 import { runDoctor } from "../../doctor/doctor.js";
+import { readState } from "../../converge/state.js";
 import { K8slabError } from "../../errors.js";
 import { loadLab } from "../../lab/load.js";
 import { PROVIDERS, type Lab } from "../../lab/schema.js";
 import { mergeKubeconfig, userKubeconfigPath } from "../../lifecycle/kubeconfig.js";
-import { openLab } from "../../lifecycle/open-lab.js";
-import { destroyLab, labStatus, labVagrant, provisionLab } from "../../lifecycle/ops.js";
+import { findLabDir, openLab, type OpenLab } from "../../lifecycle/open-lab.js";
+import {
+  destroyLab,
+  labStatus,
+  labVagrant,
+  provisionLab,
+  type LabStatus,
+} from "../../lifecycle/ops.js";
 import { PHASES, type Phase } from "../../plan/plan.js";
+import { shellQuote } from "../../util/quote.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
 import { untilInterrupted } from "../interrupt.js";
 import { RESUMABLE } from "./create.js";
@@ -28,27 +37,56 @@ export function statusCommand(ctx: CliContext): Command {
     .action(async (lab: string | undefined, opts: { dir?: string; json?: boolean }) => {
       const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
       const status = await labStatus(open, { env: ctx.env });
-      if (opts.json) return printJson(ctx, status);
-      printResult(ctx, `lab ${status.lab} in ${status.dir}`);
-      for (const m of status.machines)
-        printResult(ctx, `  vm ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`);
-      const stages = Object.keys(status.stages);
-      printResult(ctx, `  stages verified: ${stages.length ? stages.join(", ") : "none yet"}`);
-      if (status.etcd) {
-        printResult(ctx, `  etcd: ${status.etcd.detail}`);
-        for (const m of status.etcd.members)
-          printResult(ctx, `    member ${m.name} ${m.peerURLs.join(",")}`);
+      if (opts.json) printJson(ctx, status);
+      else printStatus(ctx, status);
+      if (!status.healthy) {
+        const vmsDown = open.plan.nodes.some(
+          (n) => status.machines.find((m) => m.name === n.name)?.state !== "running",
+        );
+        throw new K8slabError(
+          `lab ${status.lab} is not healthy: ${status.problems.length} problem${status.problems.length === 1 ? "" : "s"}${opts.json ? "" : " (listed above)"}`,
+          vmsDown
+            ? {
+                hint: `boot and provision its VMs: ${createCommandFor(ctx, lab, open)}`,
+              }
+            : {
+                hint: `every Vagrant run is logged in ${join(open.dir, "logs")}; k8slab provision --phase <phase> runs a phase again`,
+              },
+        );
       }
-      if (status.nodes) printResult(ctx, `  nodes: ${status.nodes.detail}`);
-      if (status.addons) printResult(ctx, `  addons: ${status.addons.detail}`);
-      const soon = status.certificates;
-      printResult(
-        ctx,
-        soon.length
-          ? `  certificates: ${soon.length} expire within 30 days (first: ${soon[0]!.name} in ${soon[0]!.daysLeft} days); k8slab render re-issues them`
-          : "  certificates: none expire within 30 days",
-      );
     });
+}
+
+/** The create command for a lab given as `ref` (a name, a file, or its directory). */
+function createCommandFor(ctx: CliContext, ref: string | undefined, open: OpenLab): string {
+  const lab = ref && resolve(ctx.cwd, ref) !== open.dir ? ref : open.lab.name;
+  return `k8slab create ${lab} --dir ${open.dir}`;
+}
+
+function printStatus(ctx: CliContext, status: LabStatus): void {
+  printResult(ctx, `lab ${status.lab} in ${status.dir}`);
+  for (const m of status.machines)
+    printResult(ctx, `  vm ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`);
+  const stages = Object.keys(status.stages);
+  printResult(ctx, `  stages verified: ${stages.length ? stages.join(", ") : "none yet"}`);
+  if (status.etcd) {
+    printResult(ctx, `  etcd: ${status.etcd.detail}`);
+    for (const m of status.etcd.members)
+      printResult(ctx, `    member ${m.name} ${m.peerURLs.join(",")}`);
+  }
+  if (status.nodes) printResult(ctx, `  nodes: ${status.nodes.detail}`);
+  if (status.addons) printResult(ctx, `  addons: ${status.addons.detail}`);
+  const soon = status.certificates;
+  printResult(
+    ctx,
+    soon.length
+      ? `  certificates: ${soon.length} expire within 30 days (first: ${soon[0]!.name} in ${soon[0]!.daysLeft} days); k8slab render re-issues them`
+      : "  certificates: none expire within 30 days",
+  );
+  if (status.problems.length > 0) {
+    printResult(ctx, "  problems:");
+    for (const p of status.problems) printResult(ctx, `    ${p}`);
+  }
 }
 
 export function provisionCommand(ctx: CliContext): Command {
@@ -65,6 +103,7 @@ export function provisionCommand(ctx: CliContext): Command {
         provisionLab(open, {
           env: ctx.env,
           phase: opts.phase,
+          createCommand: createCommandFor(ctx, lab, open),
           signal,
           onLine: (line) => say(ctx, `    ${line}`),
         }),
@@ -88,11 +127,21 @@ export function sshCommand(ctx: CliContext): Command {
         });
       }
       const vagrant = labVagrant(open, { env: ctx.env });
-      if (opts.command) {
-        ctx.stdout.write(await vagrant.sshCommand(node, opts.command));
-        return;
+      // Vagrant's exit status is k8slab's: the remote command's, or Vagrant's own failure.
+      const code = opts.command
+        ? await vagrant.sshStream(node, opts.command, { stdout: ctx.stdout, stderr: ctx.stderr })
+        : await vagrant.sshInteractive(node);
+      if (code !== 0) {
+        throw new K8slabError(
+          `vagrant ssh ${node}${opts.command ? ` -c ${shellQuote(opts.command)}` : ""} exited with code ${code}`,
+          {
+            exitCode: code,
+            hint: opts.command
+              ? `that is the command's exit status, or Vagrant's when it could not reach ${node} (is it running? k8slab status)`
+              : `is ${node} running? k8slab status`,
+          },
+        );
       }
-      await vagrant.sshInteractive(node);
     });
 }
 
@@ -115,7 +164,16 @@ export function kubeconfigCommand(ctx: CliContext): Command {
         printResult(ctx, `export KUBECONFIG=${path}`);
         return;
       }
-      const merged = await mergeKubeconfig(path, userKubeconfigPath(ctx.env));
+      const { state } = await readState(open.dir, open.lab.name);
+      if (Object.keys(state.stages).length === 0) {
+        say(
+          ctx,
+          `warning: lab ${open.lab.name} has no verified stage (state.json): its cluster was never created, or was destroyed; the context reaches nothing until ${createCommandFor(ctx, lab, open)}`,
+        );
+      }
+      const merged = await mergeKubeconfig(path, userKubeconfigPath(ctx.env), {
+        lab: open.lab.name,
+      });
       say(
         ctx,
         `added context ${merged.context} to ${merged.target}${merged.backup ? ` (backup: ${merged.backup})` : ""}`,
@@ -148,16 +206,22 @@ export function destroyCommand(ctx: CliContext): Command {
     .option("--purge", "also delete the lab directory with its PKI and logs")
     .action(
       async (lab: string | undefined, opts: { dir?: string; force?: boolean; purge?: boolean }) => {
+        const dir = await findLabDir({ cwd: ctx.cwd, lab, dir: opts.dir });
+        if (!existsSync(dir)) {
+          // Idempotent, like kind delete cluster: what does not exist is already destroyed.
+          say(ctx, `nothing to destroy: there is no lab directory ${dir}`);
+          return;
+        }
         const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
         const what = `destroy the ${open.plan.nodes.length} VMs of lab ${open.lab.name}${opts.purge ? ` and delete ${open.dir}` : ""}?`;
         if (!opts.force && !(await confirm(ctx, what))) {
           say(ctx, "nothing destroyed");
           return;
         }
-        await destroyLab(open, { env: ctx.env, purge: opts.purge ?? false });
+        const { vms } = await destroyLab(open, { env: ctx.env, purge: opts.purge ?? false });
         say(
           ctx,
-          `destroyed lab ${open.lab.name}${opts.purge ? "" : `; the PKI stays in ${join(open.dir, "pki")}`}`,
+          `${vms ? "destroyed" : "no VM of"} lab ${open.lab.name}${vms ? "" : " was created"}${opts.purge ? `; deleted ${open.dir}` : `; the PKI stays in ${join(open.dir, "pki")}`}`,
         );
       },
     );
@@ -187,7 +251,7 @@ export function doctorCommand(ctx: CliContext): Command {
           provider: opts.provider ?? lab.provider.name,
           dir: opts.dir ?? ctx.cwd,
         });
-        if (opts.json) printJson(ctx, items);
+        if (opts.json) printJson(ctx, { checks: items });
         else {
           for (const i of items) {
             printResult(
