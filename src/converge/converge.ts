@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import pRetry from "p-retry";
 import { runDoctor, type DoctorItem } from "../doctor/doctor.js";
+import type { PullProgress } from "../artifacts/index.js";
+import { downloadNarrator } from "../artifacts/progress-text.js";
 import { K8slabError } from "../errors.js";
 import { loadLab, type LoadedLab } from "../lab/load.js";
 import type { LabPlan, NodePlan, Phase } from "../plan/plan.js";
@@ -52,6 +54,8 @@ export interface CreateOptions {
   deadlineScale?: number;
   /** Milliseconds between checks while a stage waits. */
   pollMs?: number;
+  /** A person watches a terminal: download progress may be finer than every 10%. */
+  interactive?: boolean;
 }
 
 export interface StageOutcome {
@@ -485,12 +489,21 @@ async function createLocked(
     return result(until === "addons");
   }
 
+  const narrate = downloadNarrator(Boolean(options.interactive));
   const runOptions = {
     env: options.env,
     runner: options.runner,
     signal: options.signal,
     provider,
+    labRef: options.lab,
     onLine: (line: string) => emit({ type: "output", line }),
+    onDownload: (p: PullProgress) => {
+      const line = narrate(p);
+      if (line) {
+        const status = p.event === "recorded" || p.event === "damaged" ? "warn" : "start";
+        emit({ type: "step", step: "artifacts", status, detail: line });
+      }
+    },
   };
   const vagrant = labVagrant(rendered, runOptions);
   if (Object.keys(plan.lab.artifacts).length > 0) {

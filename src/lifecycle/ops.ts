@@ -5,6 +5,7 @@ import {
   pullArtifacts,
   serveArtifacts,
   type PulledArtifact,
+  type PullProgress,
 } from "../artifacts/index.js";
 import { readState, statePath } from "../converge/state.js";
 import { provisionersFor } from "../converge/stages.js";
@@ -37,6 +38,10 @@ export interface LabRunOptions {
   signal?: AbortSignal | undefined;
   onLine?: ((line: string) => void) | undefined;
   provider?: string | undefined;
+  /** How to name the lab in hints: what the user typed (a built-in name or a file). */
+  labRef?: string | undefined;
+  /** Download progress of the lab's artifacts. */
+  onDownload?: ((p: PullProgress) => void) | undefined;
 }
 
 export function labVagrant(open: OpenLab, options: LabRunOptions): Vagrant {
@@ -58,7 +63,9 @@ export async function pullLabArtifacts(
   if (Object.keys(plan.lab.artifacts).length === 0) return [];
   return pullArtifacts(plan.lab, {
     cache: cacheDir(options.env),
+    labRef: options.labRef,
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.onDownload ? { onProgress: options.onDownload } : {}),
   });
 }
 

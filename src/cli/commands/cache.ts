@@ -1,41 +1,15 @@
 import { Command } from "commander";
 import { cacheDir, cachePull, type PullProgress } from "../../artifacts/index.js";
+import { downloadNarrator } from "../../artifacts/progress-text.js";
 import { formatProblem } from "../../lab/problems.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
 
-const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
-
-/** Progress lines for downloads: every event on a terminal, at most one line per 10% otherwise. */
+/** Progress lines for downloads, on stderr. */
 export function downloadReporter(ctx: CliContext): (p: PullProgress) => void {
-  const lastDecile = new Map<string, number>();
+  const narrate = downloadNarrator(ctx.interactive);
   return (p) => {
-    switch (p.event) {
-      case "cached":
-        return say(ctx, `${p.name}: in the cache, sha256 verified (${mb(p.total ?? 0)})`);
-      case "damaged":
-        return say(
-          ctx,
-          `${p.name}: the cached copy is damaged (${p.message}); downloading it again`,
-        );
-      case "recorded":
-        return say(
-          ctx,
-          `${p.name}: its upstream publishes no sha256; recorded the first download's: ${p.sha256} (every later use must match it)`,
-        );
-      case "start":
-        return say(ctx, `${p.name}: downloading`);
-      case "retry":
-        return say(ctx, `${p.name}: ${p.message ?? "retrying"}`);
-      case "done":
-        return say(ctx, `${p.name}: downloaded and verified (${mb(p.received ?? 0)})`);
-      case "progress": {
-        if (!p.total) return undefined;
-        const decile = Math.floor(((p.received ?? 0) / p.total) * 10);
-        if (!ctx.interactive && decile === lastDecile.get(p.name)) return undefined;
-        lastDecile.set(p.name, decile);
-        return say(ctx, `${p.name}: ${mb(p.received ?? 0)} of ${mb(p.total)}`);
-      }
-    }
+    const line = narrate(p);
+    if (line) say(ctx, line);
   };
 }
 

@@ -1,0 +1,35 @@
+import type { PullProgress } from "./cache.js";
+
+const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+
+/**
+ * What a person reads about a download, one line per event (`cache pull` and `create` say the
+ * same things): every progress event on a terminal, at most one line per 10% otherwise. The
+ * returned function is stateful (per artifact); undefined means "nothing worth a line".
+ */
+export function downloadNarrator(interactive: boolean): (p: PullProgress) => string | undefined {
+  const lastDecile = new Map<string, number>();
+  return (p) => {
+    switch (p.event) {
+      case "cached":
+        return `${p.name}: in the cache, sha256 verified (${mb(p.total ?? 0)})`;
+      case "damaged":
+        return `${p.name}: the cached copy is damaged (${p.message}); downloading it again`;
+      case "recorded":
+        return `${p.name}: its upstream publishes no sha256; recorded the first download's: ${p.sha256} (every later use must match it)`;
+      case "start":
+        return `${p.name}: downloading`;
+      case "retry":
+        return `${p.name}: ${p.message ?? "retrying"}`;
+      case "done":
+        return `${p.name}: downloaded and verified (${mb(p.received ?? 0)})`;
+      case "progress": {
+        if (!p.total) return undefined;
+        const decile = Math.floor(((p.received ?? 0) / p.total) * 10);
+        if (!interactive && decile === lastDecile.get(p.name)) return undefined;
+        lastDecile.set(p.name, decile);
+        return `${p.name}: ${mb(p.received ?? 0)} of ${mb(p.total)}`;
+      }
+    }
+  };
+}
