@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, CommanderError } from "commander";
-import { packageRoot } from "../lab/load.js";
+import { packageRoot } from "../util/package-root.js";
 import { isK8slabError } from "../errors.js";
 import { defaultContext, say, type CliContext } from "./context.js";
 import { buildHypriotImageCommand } from "./commands/build-hypriot-image.js";
