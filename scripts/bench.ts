@@ -1,7 +1,12 @@
 /**
- * PKI benchmark: ensurePki for the three-node lab (fresh directory, and a re-run that reuses
- * everything) next to an openssl-CLI baseline that generates the same keys and certificates, all
- * measured in this one run. Prints figures only; `npm run bench -- --runs 7` for more runs.
+ * Benchmarks, figures only (never a test):
+ * - startup: `k8slab --help` and `k8slab labs` against `node -e 0`, and each dependency's import
+ *   cost (scripts/bench-startup.ts; needs `npm run build`; 10 runs unless --runs);
+ * - pki: ensurePki for the three-node lab (fresh directory, and a re-run that reuses everything)
+ *   next to an openssl-CLI baseline that generates the same keys and certificates;
+ * - images: image pulls from a local registry (root and network namespaces).
+ * All by default; `npm run bench -- --only startup` (or pki, images, comma-separated) for some,
+ * `npm run bench -- --runs 7` for more runs.
  */
 import { execFile } from "node:child_process";
 import { generateKeyPair } from "node:crypto";
@@ -12,6 +17,7 @@ import { promisify } from "node:util";
 import type { CertSpec, PkiTopology } from "../src/pki/index.js";
 import { ensurePki, planCertificates } from "../src/pki/index.js";
 import { threeNodeTopology } from "../test/helpers/pki-fixture.js";
+import { benchStartup } from "./bench-startup.js";
 
 const execFileAsync = promisify(execFile);
 const generateKeyPairAsync = promisify(generateKeyPair);
@@ -146,9 +152,9 @@ async function keygenOnly(count: number): Promise<void> {
   );
 }
 
-function parseRuns(argv: readonly string[]): number {
+function parseRuns(argv: readonly string[], fallback = 5): number {
   const at = argv.indexOf("--runs");
-  const value = at >= 0 ? Number(argv[at + 1]) : 5;
+  const value = at >= 0 ? Number(argv[at + 1]) : fallback;
   if (!Number.isInteger(value) || value < 1 || value > 50) {
     throw new Error("--runs must be a whole number from 1 to 50");
   }
@@ -160,8 +166,21 @@ function row(label: string, s: Stats): string {
   return `${label.padEnd(44)} median ${f(s.median)}   min ${f(s.min)}   max ${f(s.max)}`;
 }
 
-async function main(): Promise<void> {
-  const runs = parseRuns(process.argv.slice(2));
+const BENCHES = ["startup", "pki", "images"] as const;
+
+/** `--only startup,pki`: the benchmarks to run (default: all). */
+function parseOnly(argv: readonly string[]): Set<string> {
+  const at = argv.indexOf("--only");
+  if (at < 0) return new Set(BENCHES);
+  const names = (argv[at + 1] ?? "").split(",").filter(Boolean);
+  const unknown = names.filter((n) => !(BENCHES as readonly string[]).includes(n));
+  if (names.length === 0 || unknown.length > 0) {
+    throw new Error(`--only takes some of ${BENCHES.join(", ")} (comma-separated)`);
+  }
+  return new Set(names);
+}
+
+async function benchPki(runs: number): Promise<void> {
   const topology = threeNodeTopology();
   const keys = planCertificates(topology).length + 2;
   const parallel = availableParallelism();
@@ -194,7 +213,10 @@ async function main(): Promise<void> {
   console.log(row(`RSA-2048 keygen alone for all ${keys} keys`, stats(floor)));
 }
 
-await main();
+const argv = process.argv.slice(2);
+const only = parseOnly(argv);
+if (only.has("startup")) await benchStartup(parseRuns(argv, 10));
+if (only.has("pki")) await benchPki(parseRuns(argv));
 
 /**
  * Image pulls: pullImages of one 96 MB image (three 32 MB incompressible layers) from the test
@@ -274,4 +296,4 @@ async function benchImagePulls(runs: number): Promise<void> {
   }
 }
 
-await benchImagePulls(parseRuns(process.argv.slice(2)));
+if (only.has("images")) await benchImagePulls(parseRuns(argv));

@@ -50,8 +50,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   esac
 fi
 
-# `npm install` from the committed lock file rather than `npm ci`: npm 11 writes lock files
-# without the other platforms' optional packages (rollup's native builds) and then `npm ci`
-# refuses them as out of sync (npm/cli#4828). With the lock file present, `npm install`
-# installs exactly the locked versions.
-npm install --no-audit --no-fund
+# `npm ci`: exactly the committed lock file, which holds every platform's optional packages
+# (rollup's and esbuild's native builds), so it works on Linux, macOS and Windows alike and a
+# later `npm install` leaves it unchanged.
+npm ci --no-audit --no-fund

@@ -10,17 +10,21 @@ export interface K8slabErrorOptions {
   /** Process exit code the CLI uses for this error (default 1). */
   exitCode?: number;
   cause?: unknown;
+  /** Machine-readable facts for the failure object `--json` prints (e.g. `{ stage: "etcd" }`). */
+  details?: Record<string, unknown>;
 }
 
 export class K8slabError extends Error {
   readonly hint: string | undefined;
   readonly exitCode: number;
+  readonly details: Record<string, unknown> | undefined;
 
   constructor(message: string, options: K8slabErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "K8slabError";
     this.hint = options.hint;
     this.exitCode = options.exitCode ?? 1;
+    this.details = options.details;
   }
 }
 
@@ -62,4 +66,24 @@ export class CommandFailedError extends K8slabError {
 
 export function isK8slabError(error: unknown): error is K8slabError {
   return error instanceof K8slabError;
+}
+
+/**
+ * What a user error adds to the `--json` failure object: the message, its hint, the problems of an
+ * invalid file (file, line, col, path, message, hint each) or of a preflight, the failed command.
+ */
+export function errorJson(error: K8slabError): Record<string, unknown> {
+  const carried = error as K8slabError & { problems?: unknown; failures?: unknown };
+  const problems = Array.isArray(carried.problems)
+    ? carried.problems
+    : Array.isArray(carried.failures)
+      ? carried.failures
+      : undefined;
+  return {
+    ...error.details,
+    error: error.message,
+    ...(error.hint ? { hint: error.hint } : {}),
+    ...(problems ? { problems } : {}),
+    ...(error instanceof CommandFailedError ? { command: error.command } : {}),
+  };
 }

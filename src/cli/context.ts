@@ -29,6 +29,22 @@ export function printResult(ctx: CliContext, text: string): void {
   ctx.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
 }
 
-export function printJson(ctx: CliContext, value: unknown): void {
-  ctx.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+/** A JSON result: one object (an array would have no room for `ok` and `error`). */
+export type JsonResult<T extends object> = T extends readonly unknown[] ? never : T;
+
+const results = new WeakMap<CliContext, object>();
+
+/**
+ * Record the command's machine-readable result. Nothing is written here: `runCli` prints exactly
+ * one JSON object at the end, `{ "ok": true, ...result }` on success, and on failure
+ * `{ "ok": false, "error": ..., "hint": ..., "problems": ..., ...result }` with whatever the
+ * command recorded before it failed. A second call replaces the first.
+ */
+export function printJson<T extends object>(ctx: CliContext, value: JsonResult<T>): void {
+  results.set(ctx, value);
+}
+
+/** The result a command recorded with printJson, if any (for runCli). */
+export function jsonResult(ctx: CliContext): Record<string, unknown> | undefined {
+  return results.get(ctx) as Record<string, unknown> | undefined;
 }

@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
-import { access, readFile, statfs } from "node:fs/promises";
-import { cpus, freemem, networkInterfaces, totalmem } from "node:os";
+import { access, readFile, stat, statfs } from "node:fs/promises";
+import { cpus, freemem, networkInterfaces, totalmem, userInfo } from "node:os";
+import { delimiter, join } from "node:path";
 import type { Lab } from "../lab/schema.js";
 import { boxFor } from "../plan/plan.js";
 import { parseMachineReadable } from "../vagrant/machine-readable.js";
@@ -27,6 +28,12 @@ export interface DoctorOptions {
   routesFile?: string;
   vboxNetworksFile?: string;
   kvmDevice?: string;
+  /** Where libvirtd and virsh are looked for (default: PATH and the sbin folders). */
+  programDirs?: string[];
+  /** The user's id (default: this process's); root is told nothing about groups. */
+  uid?: number;
+  /** libvirtd's socket for qemu:///system. */
+  libvirtSocket?: string;
 }
 
 const GB = 1024 ** 3;
@@ -86,12 +93,6 @@ async function providerChecks(options: DoctorOptions, runner: Runner): Promise<D
     (r) => r.stdout,
     () => "",
   );
-  const virsh = await version(runner, "virsh", [
-    "--connect",
-    "qemu:///system",
-    "version",
-    "--daemon",
-  ]);
   const driver = options.lab?.provider.libvirt.driver ?? "auto";
   const kvm = await access(options.kvmDevice ?? "/dev/kvm", constants.R_OK | constants.W_OK).then(
     () => true,
@@ -133,15 +134,124 @@ async function providerChecks(options: DoctorOptions, runner: Runner): Promise<D
           detail: "the vagrant-libvirt plugin is not installed",
           hint: "install it: apt-get install vagrant-libvirt (Debian/Ubuntu) or vagrant plugin install vagrant-libvirt",
         },
-    virsh
-      ? { name: "libvirtd", verdict: "ok", detail: virsh }
-      : {
-          name: "libvirtd",
-          verdict: "fail",
-          detail: "cannot reach libvirtd at qemu:///system",
-          hint: "install and start it: apt-get install libvirt-daemon-system, and add yourself to the libvirt group",
-        },
+    await libvirtdCheck(options, runner),
   ];
+}
+
+const isExecutable = (path: string): Promise<boolean> =>
+  access(path, constants.X_OK).then(
+    () => true,
+    () => false,
+  );
+
+/** The first of these programs found in these folders. */
+async function findProgram(names: string[], dirs: string[]): Promise<string | undefined> {
+  for (const dir of dirs) {
+    for (const name of names) if (await isExecutable(join(dir, name))) return name;
+  }
+  return undefined;
+}
+
+/** The groups that may use qemu:///system without root (`libvirtd` on older Ubuntu). */
+const LIBVIRT_GROUPS = ["libvirt", "libvirtd"];
+
+async function groupsOf(runner: Runner, user?: string): Promise<string[] | undefined> {
+  return runner("id", user ? ["-nG", user] : ["-nG"], { timeoutMs: 10_000 }).then(
+    (r) => r.stdout.trim().split(/\s+/),
+    () => undefined,
+  );
+}
+
+/**
+ * libvirtd answers at qemu:///system, or what stands in the way: libvirt is not installed, it is
+ * installed and its daemon does not run, or the user is not (yet) in the libvirt group.
+ */
+async function libvirtdCheck(options: DoctorOptions, runner: Runner): Promise<DoctorItem> {
+  const name = "libvirtd";
+  let failure: string;
+  try {
+    const { stdout } = await runner(
+      "virsh",
+      ["--connect", "qemu:///system", "version", "--daemon"],
+      { timeoutMs: 30_000 },
+    );
+    return { name, verdict: "ok", detail: stdout.trim().split("\n")[0] ?? "" };
+  } catch (error) {
+    failure = error instanceof Error ? error.message : String(error);
+  }
+  const dirs = options.programDirs ?? [
+    ...(process.env.PATH ?? "").split(delimiter).filter(Boolean),
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/sbin",
+  ];
+  const root = (options.uid ?? process.getuid?.()) === 0;
+  const sudo = root ? "" : "sudo ";
+  const daemon = await findProgram(["libvirtd", "virtqemud"], dirs);
+  const virsh = await findProgram(["virsh"], dirs);
+  // Only a user known not to be in the group is told to join it.
+  let groupHint: string | undefined;
+  if (!root) {
+    const session = await groupsOf(runner);
+    if (session && !session.some((g) => LIBVIRT_GROUPS.includes(g))) {
+      // The group database may list the user already: then only this login predates it.
+      const listed = await groupsOf(runner, userInfo().username);
+      groupHint = listed?.some((g) => LIBVIRT_GROUPS.includes(g))
+        ? "you are in the libvirt group but this login is not yet: log out and in again (or run: newgrp libvirt)"
+        : "add yourself to the libvirt group: sudo adduser $USER libvirt, then log out and in again";
+    }
+  }
+  const chain = (...hints: (string | undefined)[]) => hints.filter(Boolean).join("; then ");
+  if (!daemon) {
+    return {
+      name,
+      verdict: "fail",
+      detail: "libvirt is not installed (no libvirtd)",
+      hint: chain(
+        `install it: ${sudo}apt-get install libvirt-daemon-system (Debian/Ubuntu)`,
+        groupHint,
+      ),
+    };
+  }
+  if (!virsh) {
+    return {
+      name,
+      verdict: "fail",
+      detail: `${daemon} is installed but virsh is not, so k8slab cannot ask it whether it runs`,
+      hint: `install it: ${sudo}apt-get install libvirt-clients (Debian/Ubuntu)`,
+    };
+  }
+  const socketThere = await stat(options.libvirtSocket ?? "/var/run/libvirt/libvirt-sock").then(
+    () => true,
+    () => false,
+  );
+  const denied = /permission denied|authentication (unavailable|failed)|not authorized/i.test(
+    failure,
+  );
+  if (!denied && (!socketThere || /no such file|connection refused/i.test(failure))) {
+    return {
+      name,
+      verdict: "fail",
+      detail: `${daemon} is installed but not running: nothing answers at qemu:///system`,
+      hint: chain(`start it: ${sudo}systemctl start ${daemon}`, groupHint),
+    };
+  }
+  // virsh says why on its last line ("error: Failed to connect socket to ...: Permission denied").
+  const why = failure.trim().split("\n").at(-1) ?? "";
+  if (groupHint) {
+    return {
+      name,
+      verdict: "fail",
+      detail: `${daemon} runs but does not let you use qemu:///system${denied ? ` (${why})` : ""}`,
+      hint: groupHint,
+    };
+  }
+  return {
+    name,
+    verdict: "fail",
+    detail: `cannot reach ${daemon} at qemu:///system: ${why}`,
+    hint: `see why: ${sudo}systemctl status ${daemon}, and virsh --connect qemu:///system version --daemon`,
+  };
 }
 
 /**
