@@ -7,7 +7,9 @@ import { connect, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { execa } from "execa";
 import { cachePull, serveArtifacts, type PullProgress } from "../src/artifacts/index.js";
+import { packageRoot } from "../src/lab/load.js";
 import { cli } from "./helpers/cli.js";
+import { cliArgv } from "./helpers/cli-process.js";
 import { editedLab } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
@@ -236,6 +238,42 @@ describe("k8slab cache pull", () => {
     expect(recorded.stderr).toContain(
       `flanneld: its upstream publishes no sha256; recorded the first download's: ${sha(plain)}`,
     );
+  });
+});
+
+describe("k8slab create and the artifacts", () => {
+  it("create says what it downloads and prints the sha256 it records, before any VM boots", async () => {
+    const dir = await tmp();
+    const plain = addFile("/c1/etcd", 2_000_000);
+    const lab = await fixtureLab(dir, { etcd: { path: "/c1/etcd" } });
+    // Vagrant stands in with machines that never exist: create stops after the download.
+    const calls = join(dir, "calls.log");
+    await writeFile(calls, "");
+    await writeFile(join(dir, "nodes"), "");
+    await mkdir(join(dir, "state"));
+    const run = await execa(
+      cliArgv()[0]!,
+      [...cliArgv().slice(1), "create", lab, "--dir", "lab", "--provider", "libvirt"],
+      {
+        cwd: dir,
+        reject: false,
+        timeout: 240_000,
+        env: {
+          PATH: `${join(packageRoot(), "test", "fixtures", "fake-vagrant-nspawn")}:${process.env.PATH ?? ""}`,
+          K8SLAB_CACHE: join(dir, "cache"),
+          FAKE_VAGRANT_NODES: join(dir, "nodes"),
+          FAKE_VAGRANT_STATE: join(dir, "state"),
+          FAKE_VAGRANT_LOG: calls,
+          CI: "1",
+        },
+      },
+    );
+    const recorded = `etcd: its upstream publishes no sha256; recorded the first download's: ${sha(plain)}`;
+    expect(run.stderr, run.stderr).toContain("etcd: downloading");
+    expect(run.stderr).toContain(recorded);
+    expect(run.stderr.indexOf(recorded)).toBeLessThan(run.stderr.indexOf("vagrant up"));
+    expect(run.stderr).not.toContain("<lab>");
+    expect(await readFile(calls, "utf8")).toMatch(/^up /m);
   });
 });
 

@@ -63,6 +63,7 @@ export function createCommand(ctx: CliContext): Command {
             until: opts.until,
             env: ctx.env,
             signal,
+            interactive: ctx.interactive,
             ...tuning(ctx.env),
             ...(onEvent ? { onEvent } : {}),
           });
