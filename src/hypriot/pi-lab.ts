@@ -4,7 +4,7 @@ import { z } from "zod";
 import { K8slabError } from "../errors.js";
 import { builtinLabsDir } from "../lab/load.js";
 import type { Problem, RuleProblem } from "../lab/problems.js";
-import { validateYamlText } from "../lab/validate-yaml.js";
+import { validateYamlText, type Rule } from "../lab/validate-yaml.js";
 import { broadcast, contains, hasHostBits, ipToInt, parseCidr } from "../util/ipv4.js";
 import { InvalidFileError, ruleError, ruleWarning } from "../lab/problems.js";
 import {
@@ -234,8 +234,11 @@ function releaseRules(lab: PiLab): RuleProblem[] {
 
 const err = ruleError;
 
-export function checkPiLabRules(lab: PiLab): RuleProblem[] {
-  const problems: RuleProblem[] = releaseRules(lab);
+/** The release rules and the board rules: each is skipped when a section it reads is malformed. */
+export const PI_LAB_RULES: readonly Rule<PiLab>[] = [releaseRules, boardRules];
+
+function boardRules(lab: PiLab): RuleProblem[] {
+  const problems: RuleProblem[] = [];
   const paths = ["master", ...lab.nodes.map((_, i) => `nodes.${i}`)];
   const boards = boardsOf(lab);
   const cidr = lab.network.cidr;
@@ -316,7 +319,7 @@ export function validatePiLabText(
   file: string,
   text: string,
 ): { lab?: PiLab; problems: Problem[] } {
-  const { value, problems } = validateYamlText(file, text, piLabSchema, checkPiLabRules);
+  const { value, problems } = validateYamlText(file, text, piLabSchema, PI_LAB_RULES);
   return value ? { lab: value, problems } : { problems };
 }
 

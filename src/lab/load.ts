@@ -3,7 +3,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { K8slabError } from "../errors.js";
 import { LabInvalidError, type Problem } from "./problems.js";
-import { checkLabRules } from "./rules.js";
+import { LAB_RULES } from "./rules.js";
 import { labSchema, type Lab } from "./schema.js";
 import { validateYamlText } from "./validate-yaml.js";
 
@@ -60,7 +60,7 @@ async function isFile(path: string): Promise<boolean> {
 
 /** Check lab text completely: YAML, schema and cross-field rules, every problem at once. */
 export function validateLabText(file: string, text: string): { lab?: Lab; problems: Problem[] } {
-  const { value, problems } = validateYamlText(file, text, labSchema, checkLabRules);
+  const { value, problems } = validateYamlText(file, text, labSchema, LAB_RULES);
   return value ? { lab: value, problems } : { problems };
 }
 
