@@ -15,7 +15,7 @@ describe("k8slab labs", () => {
     const { code, stdout } = await cli(["labs"], { cwd: await tmp() });
     expect(code).toBe(0);
     const rows = stdout.trimEnd().split("\n");
-    expect(rows.map((r) => r.split(/\s+/)[0])).toEqual(["single-node", "three-node"]);
+    expect(rows.map((r) => r.split(/\s+/)[0])).toEqual(["single-node", "three-node", "pi-cluster"]);
     expect(rows[1]).toMatch(/v1\.9\.3/);
   });
 });

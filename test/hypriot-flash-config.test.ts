@@ -232,6 +232,7 @@ describe("k8slab flash-config", () => {
     const r = await runFlashConfig(["pi-cluster", "--out", "pi-flash"], cwd);
     expect(r.code, r.stderr).toBe(0);
     expect((await readdir(join(cwd, "pi-flash"))).sort()).toEqual([
+      ".k8slab-flash-config.json", // what flash-config wrote, so a second run knows its own
       "bee42-crew-01-001",
       "bee42-crew-01-002",
       "bee42-crew-01-003",
@@ -294,7 +295,8 @@ describe("k8slab flash-config", () => {
   it("says which labs exist for an unknown name", async () => {
     const r = await runFlashConfig(["three-pi", "--out", "x"], await tmp());
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/no built-in Pi cluster lab called "three-pi"/);
+    expect(r.stderr).toMatch(/no built-in lab called "three-pi"/);
+    expect(r.stderr).toContain("pi-cluster");
   });
 
   it("writeFlashConfig returns the written paths", async () => {
@@ -706,5 +708,68 @@ describe("k8slab flash-config --help", () => {
     expect(text).toContain("https://github.com/hypriot/flash/releases/download/2.7.2/flash");
     expect(text).toMatch(/sudo, hdparm and udevadm/);
     expect(text).toMatch(/Invalid characters were found in group names.*harmless/s);
+  });
+});
+
+describe("flash-config --out follows render's rule for directories (issue 12)", () => {
+  it("refuses a non-empty directory it did not write, and leaves it as it was", async () => {
+    const cwd = await tmp();
+    const { mkdir } = await import("node:fs/promises");
+    await mkdir(join(cwd, "photos", "bee42-crew-01-001"), { recursive: true });
+    await writeFile(join(cwd, "photos", "cluster"), "mine\n");
+    await writeFile(join(cwd, "photos", "bee42-crew-01-001", "user-data"), "mine too\n");
+    const r = await runFlashConfig(["pi-cluster", "--out", "photos"], cwd);
+    expect(r.code).toBe(1); // as render into a directory that is not its own
+    expect(r.stderr).toMatch(
+      /photos is not empty and is not a directory k8slab flash-config wrote/,
+    );
+    expect(r.stderr).toContain("hint: choose another --out, or empty it first");
+    expect(await readFile(join(cwd, "photos", "cluster"), "utf8")).toBe("mine\n");
+    expect(await readFile(join(cwd, "photos", "bee42-crew-01-001", "user-data"), "utf8")).toBe(
+      "mine too\n",
+    );
+    expect((await readdir(join(cwd, "photos"))).sort()).toEqual(["bee42-crew-01-001", "cluster"]);
+  });
+
+  it("writes again into its own output, replacing its files and keeping the user's", async () => {
+    const cwd = await tmp();
+    expect((await runFlashConfig(["pi-cluster", "--out", "pi-flash"], cwd)).code).toBe(0);
+    const first = (await readdir(join(cwd, "pi-flash"))).sort();
+    await writeFile(join(cwd, "pi-flash", "cluster"), "edited\n");
+    await writeFile(join(cwd, "pi-flash", "notes.txt"), "the user's\n");
+    const r = await runFlashConfig(["pi-cluster", "--out", "pi-flash"], cwd);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await readFile(join(cwd, "pi-flash", "cluster"), "utf8")).toMatch(/cluster-1-master/);
+    expect(await readFile(join(cwd, "pi-flash", "notes.txt"), "utf8")).toBe("the user's\n");
+    expect((await readdir(join(cwd, "pi-flash"))).sort()).toEqual([...first, "notes.txt"].sort());
+    // A board gone from the lab is gone from the output: it is the lab's, as it was written.
+    const doc = parseDocument(await builtinText());
+    doc.deleteIn(["nodes", 1]);
+    await writeFile(join(cwd, "crew.yaml"), doc.toString());
+    expect((await runFlashConfig(["crew.yaml", "--out", "pi-flash"], cwd)).code).toBe(0);
+    const now = await readdir(join(cwd, "pi-flash"));
+    expect(now).not.toContain("bee42-crew-01-003");
+    expect(now).toContain("notes.txt");
+  });
+
+  it("leaves no temporary or staging files, and removes what a killed run left", async () => {
+    const cwd = await tmp();
+    expect((await runFlashConfig(["pi-cluster", "--out", "pi-flash"], cwd)).code).toBe(0);
+    const { mkdir } = await import("node:fs/promises");
+    await mkdir(join(cwd, "pi-flash", ".k8slab-stage-0123abcd", "bee42-crew-01-001"), {
+      recursive: true,
+    });
+    expect((await runFlashConfig(["pi-cluster", "--out", "pi-flash"], cwd)).code).toBe(0);
+    const all = await readdir(join(cwd, "pi-flash"), { recursive: true });
+    expect(all.filter((f) => /tmp|stage|old|lock/.test(f))).toEqual([]);
+  });
+
+  it("a directory with only a killed run's staging directory counts as empty", async () => {
+    const cwd = await tmp();
+    const { mkdir } = await import("node:fs/promises");
+    await mkdir(join(cwd, "out", ".k8slab-stage-0123abcd"), { recursive: true });
+    const r = await runFlashConfig(["pi-cluster", "--out", "out"], cwd);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await readdir(join(cwd, "out"))).not.toContain(".k8slab-stage-0123abcd");
   });
 });

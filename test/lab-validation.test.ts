@@ -313,3 +313,89 @@ describe("cross-field rules", () => {
     expect(problemsOf(text)).toEqual([]);
   });
 });
+
+describe("one pass over a broken file (issue 12)", () => {
+  const lineOf = (text: string, needle: string) =>
+    text.split("\n").findIndex((l) => l.includes(needle)) + 1;
+
+  it("a YAML syntax error near the top is shown once, not as a cascade of token errors", () => {
+    // An indented first key: the parser reads every later token out of step.
+    const text = builtinText("three-node").replace("\nname: three-node", "\n  name: three-node");
+    const problems = problemsOf(text);
+    expect(problems, lines(problems).join("\n")).toHaveLength(1);
+    expect(problems[0]).toMatchObject({ severity: "error", line: lineOf(text, "description:") });
+    expect(problems[0]!.hint).toMatch(/indentation/);
+  });
+
+  it("a tab as indentation gives its one error, not a made-up duplicate key", () => {
+    const text = builtinText("three-node").replace("provider:\n  name:", "provider:\n\tname:");
+    const problems = problemsOf(text);
+    expect(lines(problems)).toEqual([
+      expect.stringMatching(
+        new RegExp(`^lab\\.yaml:${lineOf(text, "\tname:")}:\\d+: Tabs are not allowed`),
+      ),
+    ]);
+  });
+
+  it("a duplicate key names the key, at its second occurrence", () => {
+    const text = builtinText("three-node").replace(
+      "    roles: [etcd, control-plane]\n",
+      "    roles: [etcd, control-plane]\n    memory: 4096\n",
+    );
+    const problems = problemsOf(text);
+    expect(lines(problems)).toEqual([
+      `lab.yaml:${lineOf(text, "memory: 4096")}:5: key "memory" appears twice in the same map`,
+    ]);
+  });
+
+  it("an unknown key and a duplicate node IP below it are both reported, in line order", () => {
+    const text = editedLab("three-node", [
+      [["provider", "nmae"], "virtualbox"],
+      [["nodes", 2, "ip"], "192.168.56.165"],
+    ]);
+    const problems = errorsOf(text);
+    expect(lines(problems)).toEqual([
+      `lab.yaml:${lineOf(text, "nmae:")}:3 provider.nmae: unknown key "nmae"\n    hint: did you mean name?`,
+      expect.stringMatching(
+        /^lab\.yaml:\d+:\d+ nodes\.2\.ip: 192\.168\.56\.165 is used by master$/,
+      ),
+    ]);
+    expect(problems[1]!.line).toBeGreaterThan(problems[0]!.line!);
+  });
+
+  it("rules are sorted in among schema errors by line", () => {
+    const text = editedLab("three-node", [
+      [["nodes", 1, "ip"], "192.168.56.165"],
+      [["versions", "etcd"], "latest"],
+    ]);
+    expect(errorsOf(text).map((p) => p.path)).toEqual(["nodes.1.ip", "versions.etcd"]);
+  });
+
+  it("a rule that reads a malformed section is skipped, not run on a guess", () => {
+    // nodes has an unknown key: the node rules (duplicate IPs) do not run on the other nodes'
+    // defaults; the rules on other sections still do.
+    const text = editedLab("three-node", [
+      [["nodes", 0, "memroy"], 4096],
+      [["nodes", 2, "ip"], "192.168.56.165"],
+      [["cluster", "dnsIp"], "10.99.0.10"],
+    ]);
+    expect(errorsOf(text).map((p) => p.path)).toEqual(["nodes.0.memroy", "cluster.dnsIp"]);
+  });
+
+  it.each([
+    [
+      [
+        ["nodes", 1, "roles"],
+        ["etcd", "workr"],
+      ],
+      "nodes.1.roles.1",
+      "did you mean worker?",
+    ],
+    [[["cluster", "flannelBackend"], "vxlna"], "cluster.flannelBackend", "did you mean vxlan?"],
+  ] as const)("a misspelt enum value gets the nearest allowed one: %j", (edit, path, hint) => {
+    const [problem, ...rest] = errorsOf(editedLab("three-node", [edit as never]));
+    expect(rest).toEqual([]);
+    expect(problem).toMatchObject({ path, hint });
+    expect(problem!.message).toMatch(/expected one of/);
+  });
+});

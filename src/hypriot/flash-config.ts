@@ -1,9 +1,13 @@
 import { createHash, pbkdf2Sync } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { Document } from "yaml";
+import { z } from "zod";
 import { K8slabError } from "../errors.js";
+import { readJsonFile } from "../lab-dir/json-file.js";
+import { withLabLock } from "../lab-dir/lock.js";
 import type { Problem } from "../lab/problems.js";
+import { contentEntries, notOursError, removeLeftovers, stageAndSwap } from "../render/lab-dir.js";
 import { shellQuote } from "../util/quote.js";
 import { intToIp, parseCidr } from "../util/ipv4.js";
 import {
@@ -350,10 +354,14 @@ export interface FlashConfigResult {
   warnings: Problem[];
 }
 
-async function writeAtomic(path: string, text: string, mode = 0o644): Promise<void> {
-  const tmp = `${path}.k8slab-${process.pid}.tmp`;
-  await writeFile(tmp, text, { mode });
-  await rename(tmp, path);
+/** What flash-config wrote into --out (board directories and the inventory): its own output. */
+const FLASH_RECORD = ".k8slab-flash-config.json";
+const flashRecordSchema = z.object({ entries: z.array(z.string().regex(/^[a-z0-9][a-z0-9-]*$/)) });
+
+/** Into the staging directory: nothing reads it before the swap, so plain writes do. */
+async function writeNew(path: string, text: string, mode = 0o644): Promise<void> {
+  await writeFile(path, text, { mode, flag: "wx" });
+  await chmod(path, mode);
 }
 
 /** The Wi-Fi passphrase from the environment or a file next to the lab, as a PSK. */
@@ -482,19 +490,15 @@ export async function writeFlashConfig(options: FlashConfigOptions): Promise<Fla
     secrets.set(c.lab, w ? { wifiPsk: await readWifiPsk(w, path, options.env) } : {});
   }
 
-  await mkdir(out, { recursive: true });
   const boards: FlashConfigResult["boards"] = [];
-  for (const c of clusters) {
-    for (const b of renderBoards(c.lab, secrets.get(c.lab))) {
+  const inventory = join(out, "cluster");
+  const rendered = clusters.map((c) => ({ c, files: renderBoards(c.lab, secrets.get(c.lab)) }));
+  for (const { c, files } of rendered) {
+    for (const b of files) {
       const dir = join(out, b.hostname);
-      await mkdir(dir, { recursive: true });
       const userData = join(dir, "user-data");
       const metaData = join(dir, "meta-data");
       const networkConfig = b.networkConfig ? join(dir, "network-config") : undefined;
-      // user-data may hold a Wi-Fi PSK.
-      await writeAtomic(userData, b.userData, c.lab.network.wifi ? 0o600 : 0o644);
-      await writeAtomic(metaData, b.metaData);
-      if (networkConfig && b.networkConfig) await writeAtomic(networkConfig, b.networkConfig);
       boards.push({
         cluster: c.lab.name,
         hostname: b.hostname,
@@ -515,7 +519,40 @@ export async function writeFlashConfig(options: FlashConfigOptions): Promise<Fla
       });
     }
   }
-  const inventory = join(out, "cluster");
-  await writeAtomic(inventory, renderInventory(clusters.map((c) => c.lab)));
+  const entries = [...boards.map((b) => b.hostname), "cluster"];
+  await withLabLock(out, "flash-config", async () => {
+    // The rule render follows: a directory that is empty or that flash-config wrote (its
+    // record lists what it wrote), never one someone else filled.
+    const present = await contentEntries(out, "--out");
+    const record =
+      present.length > 0
+        ? await readJsonFile(join(out, FLASH_RECORD), flashRecordSchema, {
+            what: "flash-config's record of what it wrote",
+            fix: `remove ${join(out, FLASH_RECORD)} and the files flash-config wrote, or choose another --out`,
+          })
+        : undefined;
+    if (present.length > 0 && record === undefined) {
+      throw notOursError(out, "a directory k8slab flash-config wrote", "--out");
+    }
+    await removeLeftovers(out);
+    // Everything is written into a staging directory and swapped in, the record last: an
+    // interrupted run leaves the previous output (or nothing), never half of one. Boards of the
+    // previous run that are gone from the labs go too.
+    const swapped = [...new Set([...(record?.entries ?? []), ...entries]), FLASH_RECORD];
+    await stageAndSwap(out, swapped, async (stage) => {
+      for (const { c, files } of rendered) {
+        for (const b of files) {
+          const dir = join(stage, b.hostname);
+          await mkdir(dir);
+          // user-data may hold a Wi-Fi PSK.
+          await writeNew(join(dir, "user-data"), b.userData, c.lab.network.wifi ? 0o600 : 0o644);
+          await writeNew(join(dir, "meta-data"), b.metaData);
+          if (b.networkConfig) await writeNew(join(dir, "network-config"), b.networkConfig);
+        }
+      }
+      await writeNew(join(stage, "cluster"), renderInventory(clusters.map((c) => c.lab)));
+      await writeNew(join(stage, FLASH_RECORD), `${JSON.stringify({ entries }, null, 2)}\n`);
+    });
+  });
   return { clusters, out, inventory, boards, warnings };
 }

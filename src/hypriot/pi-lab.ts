@@ -1,10 +1,10 @@
-import { readFile, stat } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { readdir, readFile, stat } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
-import { builtinLabsDir } from "../lab/load.js";
+import { builtinPiLabsDir, PI_LAB_KIND, resolveLab } from "../lab/load.js";
 import type { Problem, RuleProblem } from "../lab/problems.js";
-import { validateYamlText } from "../lab/validate-yaml.js";
+import { validateYamlText, type Rule } from "../lab/validate-yaml.js";
 import { broadcast, contains, hasHostBits, ipToInt, parseCidr } from "../util/ipv4.js";
 import { InvalidFileError, ruleError, ruleWarning } from "../lab/problems.js";
 import {
@@ -23,7 +23,7 @@ import {
  * string is held to a narrow pattern here.
  */
 
-export const PI_LAB_KIND = "pi-cluster";
+export { builtinPiLabsDir, PI_LAB_KIND };
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const CIDR =
@@ -234,8 +234,11 @@ function releaseRules(lab: PiLab): RuleProblem[] {
 
 const err = ruleError;
 
-export function checkPiLabRules(lab: PiLab): RuleProblem[] {
-  const problems: RuleProblem[] = releaseRules(lab);
+/** The release rules and the board rules: each is skipped when a section it reads is malformed. */
+export const PI_LAB_RULES: readonly Rule<PiLab>[] = [releaseRules, boardRules];
+
+function boardRules(lab: PiLab): RuleProblem[] {
+  const problems: RuleProblem[] = [];
   const paths = ["master", ...lab.nodes.map((_, i) => `nodes.${i}`)];
   const boards = boardsOf(lab);
   const cidr = lab.network.cidr;
@@ -316,13 +319,8 @@ export function validatePiLabText(
   file: string,
   text: string,
 ): { lab?: PiLab; problems: Problem[] } {
-  const { value, problems } = validateYamlText(file, text, piLabSchema, checkPiLabRules);
+  const { value, problems } = validateYamlText(file, text, piLabSchema, PI_LAB_RULES);
   return value ? { lab: value, problems } : { problems };
-}
-
-/** Built-in Pi labs live in labs/pi/ so that VM lab listing does not see them. */
-export function builtinPiLabsDir(): string {
-  return join(builtinLabsDir(), "pi");
 }
 
 export interface LoadedPiLab {
@@ -333,24 +331,15 @@ export interface LoadedPiLab {
 }
 
 export async function loadPiLab(ref: string, options: { cwd: string }): Promise<LoadedPiLab> {
-  const looksLikePath = ref.includes("/") || ref.includes("\\") || /\.ya?ml$/i.test(ref);
-  let file = ref;
-  let path = resolve(options.cwd, ref);
-  if (!looksLikePath && !(await isFile(path))) {
-    const builtin = join(builtinPiLabsDir(), `${ref}.yaml`);
-    if (!/^[a-z0-9-]+$/.test(ref) || !(await isFile(builtin))) {
-      throw new K8slabError(`there is no built-in Pi cluster lab called ${JSON.stringify(ref)}`, {
+  const { file, path, kind } = await resolveLab(ref, options.cwd);
+  if (kind !== PI_LAB_KIND) {
+    throw new K8slabError(
+      `${file} is a VM lab, not a Raspberry Pi cluster lab (kind: ${PI_LAB_KIND})`,
+      {
         exitCode: 2,
-        hint: "built-in: pi-cluster; or give a path to a lab file with kind: pi-cluster",
-      });
-    }
-    file = `${ref}.yaml`;
-    path = builtin;
-  } else if (!(await isFile(path))) {
-    throw new K8slabError(`lab file ${ref} does not exist`, {
-      exitCode: 2,
-      hint: "give a path to a lab file with kind: pi-cluster, or the built-in name pi-cluster",
-    });
+        hint: `build it with: k8slab create ${ref}; flash-config takes labs with kind: ${PI_LAB_KIND} (see: k8slab labs)`,
+      },
+    );
   }
   const { lab, problems } = validatePiLabText(file, await readFile(path, "utf8"));
   if (!lab) {
@@ -362,6 +351,32 @@ export async function loadPiLab(ref: string, options: { cwd: string }): Promise<
     );
   }
   return { lab, file, path, warnings: problems };
+}
+
+export interface BuiltinPiLab {
+  name: string;
+  description: string;
+  boards: number;
+  path: string;
+}
+
+/** The valid built-in Pi cluster labs (labs/pi/*.yaml). */
+export async function listBuiltinPiLabs(): Promise<BuiltinPiLab[]> {
+  const dir = builtinPiLabsDir();
+  const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml")).sort();
+  const labs: BuiltinPiLab[] = [];
+  for (const f of files) {
+    const path = join(dir, f);
+    const { lab } = validatePiLabText(f, await readFile(path, "utf8"));
+    if (lab)
+      labs.push({
+        name: basename(f, ".yaml"),
+        description: lab.description ?? "",
+        boards: boardsOf(lab).length,
+        path,
+      });
+  }
+  return labs;
 }
 
 export async function isFile(path: string): Promise<boolean> {

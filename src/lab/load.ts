@@ -3,9 +3,9 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { K8slabError } from "../errors.js";
 import { LabInvalidError, type Problem } from "./problems.js";
-import { checkLabRules } from "./rules.js";
+import { LAB_RULES } from "./rules.js";
 import { labSchema, type Lab } from "./schema.js";
-import { validateYamlText } from "./validate-yaml.js";
+import { closest, validateYamlText } from "./validate-yaml.js";
 
 export interface LoadedLab {
   lab: Lab;
@@ -24,11 +24,32 @@ export function builtinLabsDir(): string {
   return join(packageRoot(), "labs");
 }
 
-/** A built-in lab name (`three-node`) or a path to a lab file. */
-export async function resolveLabFile(
-  ref: string,
-  cwd: string,
-): Promise<{ file: string; path: string }> {
+/** The `kind:` of a Raspberry Pi cluster lab (src/hypriot/pi-lab.ts); a VM lab has none. */
+export const PI_LAB_KIND = "pi-cluster";
+
+/** What a lab file describes: VMs k8slab builds (`vm`), or Raspberry Pi boards to flash. */
+export type LabKind = "vm" | typeof PI_LAB_KIND;
+
+export interface LabRef {
+  /** The lab file as the user named it (for messages) and its absolute path. */
+  file: string;
+  path: string;
+  kind: LabKind;
+}
+
+/** Built-in Pi labs live in labs/pi/ (their own schema.json beside them). */
+export function builtinPiLabsDir(): string {
+  return join(builtinLabsDir(), "pi");
+}
+
+/**
+ * Resolve a built-in lab name (`three-node`, `pi-cluster`) or a path to a lab file, and say
+ * which kind of lab it is, from its top-level `kind:` line. Every command that takes a lab
+ * dispatches on this: `create` and `render` refuse a Pi lab, `validate` checks it with its own
+ * schema, `flash-config` refuses a VM lab. The `kind:` line is read with a pattern, not the YAML
+ * parser, so a file with a syntax error is still checked against the right schema.
+ */
+export async function resolveLab(ref: string, cwd: string): Promise<LabRef> {
   const looksLikePath = ref.includes("/") || ref.includes("\\") || /\.ya?ml$/i.test(ref);
   const local = resolve(cwd, ref);
   if (looksLikePath || (await isFile(local))) {
@@ -38,16 +59,61 @@ export async function resolveLabFile(
         hint: "give a path to a lab file, or a built-in lab name (see: k8slab labs)",
       });
     }
-    return { file: ref, path: local };
+    return { file: ref, path: local, kind: await kindOf(local) };
   }
-  const builtin = join(builtinLabsDir(), `${ref}.yaml`);
-  if (/^[a-z0-9-]+$/.test(ref) && (await isFile(builtin)))
-    return { file: `${ref}.yaml`, path: builtin };
-  const names = (await listBuiltinLabs()).map((l) => l.name);
-  throw new K8slabError(`there is no built-in lab called ${JSON.stringify(ref)}`, {
-    exitCode: 2,
-    hint: `built-in labs: ${names.join(", ")}; or give a path to a lab file`,
-  });
+  if (/^[a-z0-9-]+$/.test(ref)) {
+    for (const dir of [builtinLabsDir(), builtinPiLabsDir()]) {
+      const builtin = join(dir, `${ref}.yaml`);
+      if (await isFile(builtin))
+        return { file: `${ref}.yaml`, path: builtin, kind: await kindOf(builtin) };
+    }
+  }
+  const names = await builtinLabNames();
+  const guess = closest(ref, names);
+  throw new K8slabError(
+    `there is no built-in lab called ${JSON.stringify(ref)}${guess ? `; did you mean ${guess}?` : ""}`,
+    {
+      exitCode: 2,
+      hint: `built-in labs: ${names.join(", ")} (see: k8slab labs); or give a path to a lab file`,
+    },
+  );
+}
+
+/** A VM lab's file, for the commands that build VMs; a Pi lab is refused with what to run. */
+export async function resolveLabFile(
+  ref: string,
+  cwd: string,
+): Promise<{ file: string; path: string }> {
+  const { file, path, kind } = await resolveLab(ref, cwd);
+  if (kind === PI_LAB_KIND) throw piLabRefused(ref, file);
+  return { file, path };
+}
+
+function piLabRefused(ref: string, file: string): K8slabError {
+  return new K8slabError(
+    `${file} is a Raspberry Pi cluster lab (kind: ${PI_LAB_KIND}): k8slab writes the boards' SD card files for it with flash-config; creating a cluster on the boards is not supported yet`,
+    {
+      exitCode: 2,
+      hint: `k8slab flash-config ${ref} --out DIR (check it with: k8slab validate ${ref})`,
+    },
+  );
+}
+
+const KIND_LINE = /^kind[ \t]*:[ \t]*(["']?)([^"'#\s]*)\1[ \t]*(?:#.*)?$/m;
+
+async function kindOf(path: string): Promise<LabKind> {
+  const text = await readFile(path, "utf8").catch(() => "");
+  return KIND_LINE.exec(text)?.[2] === PI_LAB_KIND ? PI_LAB_KIND : "vm";
+}
+
+/** The built-in labs' names, VM and Pi, sorted (for messages; nothing is parsed). */
+async function builtinLabNames(): Promise<string[]> {
+  const names: string[] = [];
+  for (const dir of [builtinLabsDir(), builtinPiLabsDir()]) {
+    const files = await readdir(dir).catch(() => [] as string[]);
+    names.push(...files.filter((f) => f.endsWith(".yaml")).map((f) => basename(f, ".yaml")));
+  }
+  return names.sort();
 }
 
 async function isFile(path: string): Promise<boolean> {
@@ -60,7 +126,7 @@ async function isFile(path: string): Promise<boolean> {
 
 /** Check lab text completely: YAML, schema and cross-field rules, every problem at once. */
 export function validateLabText(file: string, text: string): { lab?: Lab; problems: Problem[] } {
-  const { value, problems } = validateYamlText(file, text, labSchema, checkLabRules);
+  const { value, problems } = validateYamlText(file, text, labSchema, LAB_RULES);
   return value ? { lab: value, problems } : { problems };
 }
 

@@ -1,5 +1,6 @@
 import type { Lab, Role } from "./schema.js";
 import { ruleError, ruleWarning, type RuleProblem } from "./problems.js";
+import type { Rule } from "./validate-yaml.js";
 import {
   broadcast,
   contains,
@@ -25,18 +26,19 @@ export const MIN_MEMORY: Record<Role, number> = { etcd: 512, "control-plane": 10
 const err = ruleError;
 const warn = ruleWarning;
 
-/** Rules that span several fields; the schema has already checked each field's shape. */
-export function checkLabRules(lab: Lab): RuleProblem[] {
-  return [
-    ...checkCidrShapes(lab),
-    ...checkNodes(lab),
-    ...checkNetworks(lab),
-    ...checkServices(lab),
-    ...checkRoles(lab),
-    ...checkArtifacts(lab),
-    ...checkAddonImages(lab),
-  ];
-}
+/**
+ * Rules that span several fields. Each reads only sections the schema has shaped; when the
+ * schema fails elsewhere, a rule that reads a malformed section is skipped (see validateYamlText).
+ */
+export const LAB_RULES: readonly Rule<Lab>[] = [
+  checkCidrShapes,
+  checkNodes,
+  checkNetworks,
+  checkServices,
+  checkRoles,
+  checkArtifacts,
+  checkAddonImages,
+];
 
 function checkCidrShapes(lab: Lab): RuleProblem[] {
   const fields: [string, string][] = [

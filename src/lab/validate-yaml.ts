@@ -3,36 +3,80 @@ import type { z } from "zod";
 import type { Problem, RuleProblem } from "./problems.js";
 import { parseYamlSource, type YamlSource } from "./yaml-source.js";
 
+/** A cross-field rule: it reads some sections of a value the schema has shaped. */
+export type Rule<V> = (value: V) => RuleProblem[];
+
 /**
- * Validate YAML text against a zod schema and then cross-field rules, reporting every problem
- * with its file, line, column and dotted path. Rules run only once the shape is right.
+ * Validate YAML text against a zod schema and cross-field rules, reporting every problem with
+ * its file, line, column and dotted path, sorted by line. The rules run even when the schema
+ * fails elsewhere: each sees only the top-level sections that are well-formed on their own, and a
+ * rule that reads a malformed one is skipped (its inputs would be guesses), so one pass shows an
+ * unknown key and a duplicate address together.
  */
 export function validateYamlText<T extends z.ZodType>(
   file: string,
   text: string,
   schema: T,
-  rules: (value: z.infer<T>) => RuleProblem[] = () => [],
+  rules: Rule<z.infer<T>> | readonly Rule<z.infer<T>>[] = [],
 ): { value?: z.infer<T>; problems: Problem[] } {
   const { source, problems } = parseYamlSource(file, text);
   if (!source) return { problems };
   const parsed = schema.safeParse(source.value);
-  if (!parsed.success) {
-    return {
-      problems: [
-        ...problems,
-        ...parsed.error.issues.flatMap((i) => fromZodIssue(source, schema, i)),
-      ],
-    };
-  }
-  const ruleProblems = rules(parsed.data).map(({ key, ...p }): Problem => {
+  const schemaProblems = parsed.success
+    ? []
+    : parsed.error.issues.flatMap((i) => fromZodIssue(source, schema, i));
+  // Typed as the schema's output, but sections that failed throw when read (see runRules).
+  const input = (parsed.success ? parsed.data : wellFormedSections(schema, source.value)) as
+    z.infer<T> | undefined;
+  const ruleProblems =
+    input === undefined ? [] : runRules(typeof rules === "function" ? [rules] : rules, input);
+  const pinned = ruleProblems.map(({ key, ...p }): Problem => {
     const path =
       p.path === "" ? [] : p.path.split(".").map((s) => (/^\d+$/.test(s) ? Number(s) : s));
     return { ...p, file, ...source.locate(path, { key: key ?? false }) };
   });
-  const all = [...problems, ...sortProblems(ruleProblems)];
-  return all.some((p) => p.severity === "error")
+  const all = sortProblems([...problems, ...schemaProblems, ...pinned]);
+  return !parsed.success || all.some((p) => p.severity === "error")
     ? { problems: all }
     : { value: parsed.data as z.infer<T>, problems: all };
+}
+
+/** Thrown by a section the schema rejected when a rule reads it. */
+class MalformedSection extends Error {}
+
+/**
+ * The document with each top-level section the schema accepts on its own (defaults applied);
+ * reading any other section throws MalformedSection. A section with any issue, an unknown key
+ * included, counts as malformed: a misspelt key's value would otherwise be replaced by a default
+ * the rules would then judge.
+ */
+function wellFormedSections(schema: z.ZodType, raw: unknown): unknown {
+  const shape = defOf(schema)?.shape;
+  if (!shape || typeof raw !== "object" || raw === null || Array.isArray(raw)) return undefined;
+  const value: Record<string, unknown> = {};
+  for (const [key, section] of Object.entries(shape)) {
+    const result = (section as z.ZodType).safeParse((raw as Record<string, unknown>)[key]);
+    if (result.success) value[key] = result.data;
+    else
+      Object.defineProperty(value, key, {
+        enumerable: true,
+        get() {
+          throw new MalformedSection(key);
+        },
+      });
+  }
+  return value;
+}
+
+function runRules<V>(rules: readonly Rule<V>[], value: V): RuleProblem[] {
+  return rules.flatMap((rule) => {
+    try {
+      return rule(value);
+    } catch (error) {
+      if (error instanceof MalformedSection) return [];
+      throw error;
+    }
+  });
 }
 
 function sortProblems(problems: Problem[]): Problem[] {
@@ -66,14 +110,37 @@ function fromZodIssue(source: YamlSource, root: z.ZodType, issue: z.core.$ZodIss
     });
   }
   const missing = issue.code === "invalid_type" && /received undefined/.test(issue.message);
+  const guess =
+    issue.code === "invalid_value"
+      ? nearestValue(valueAt(source.value, issue.path), issue.values)
+      : undefined;
   return [
     {
       ...base,
       ...source.locate(issue.path),
       path: dotted(issue.path),
       message: missing ? `is required (${issue.expected})` : tidy(issue.message),
+      ...(guess !== undefined ? { hint: `did you mean ${guess}?` } : {}),
     },
   ];
+}
+
+/** For a value outside an enum (`workr`), the allowed value it is a typo of (`worker`). */
+function nearestValue(value: unknown, allowed: readonly unknown[]): string | undefined {
+  if (typeof value !== "string") return undefined;
+  return closest(
+    value,
+    allowed.filter((v): v is string => typeof v === "string"),
+  );
+}
+
+function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
+  let node = root;
+  for (const segment of path) {
+    if (typeof node !== "object" || node === null) return undefined;
+    node = (node as Record<PropertyKey, unknown>)[segment];
+  }
+  return node;
 }
 
 function tidy(message: string): string {
@@ -135,8 +202,11 @@ function unwrap(schema: unknown): unknown {
   return s;
 }
 
-/** The nearest known key by edit distance, when it is close enough to be a typo. */
-function closest(word: string, candidates: readonly string[]): string | undefined {
+/**
+ * The nearest candidate by edit distance, when it is close enough to be a typo: for unknown
+ * keys, enum values and lab names.
+ */
+export function closest(word: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const c of candidates) {

@@ -1,4 +1,14 @@
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from "yaml";
+import {
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseDocument,
+  visit,
+  type Document,
+  type Node,
+  type YAMLError,
+} from "yaml";
 import type { Problem } from "./problems.js";
 
 /** Lab files are small; anything larger is not a lab file. */
@@ -39,15 +49,21 @@ export function parseYamlSource(
     strict: true,
     version: "1.2",
   });
-  for (const e of [...doc.errors, ...doc.warnings]) {
+  const errors = independentErrors(doc.errors);
+  // Warnings after a syntax error may be the misreading's too.
+  const syntaxError = errors.some((e) => e.code !== "DUPLICATE_KEY");
+  for (const e of [...errors, ...(syntaxError ? [] : doc.warnings)]) {
     const pos = lineCounter.linePos(e.pos[0]);
+    const error = doc.errors.includes(e as YAMLError);
+    const hint = error && e.code !== "DUPLICATE_KEY" ? syntaxHint(e.code) : undefined;
     problems.push({
-      severity: doc.errors.includes(e) ? "error" : "warning",
+      severity: error ? "error" : "warning",
       file,
       line: pos.line,
       col: pos.col,
       path: "",
-      message: yamlMessage(e.code, e.message),
+      message: yamlMessage(doc, e),
+      ...(hint ? { hint } : {}),
     });
   }
   if (problems.some((p) => p.severity === "error")) return { problems };
@@ -78,10 +94,53 @@ export function parseYamlSource(
   };
 }
 
-function yamlMessage(code: string, message: string): string {
-  const first = message.split("\n")[0] ?? message;
-  if (code === "DUPLICATE_KEY") return "this key appears twice in the same map";
+/**
+ * The syntax errors worth showing. After the first syntax error the parser reads the rest of the
+ * file out of step (an indented first key gives one "Unexpected ... token" per later token,
+ * hundreds), and even a duplicate key after, or just before, it may be the misreading's (a tab
+ * that moves `name:` up a level duplicates the top-level `name:`). So the rule is: the first
+ * syntax error alone (it is the one to fix, and the later ones are not trustworthy); duplicate
+ * keys only when there is no syntax error, and then all of them (each is a real key, found on a
+ * correctly read document).
+ */
+function independentErrors(errors: readonly YAMLError[]): YAMLError[] {
+  const syntax = errors.filter((e) => e.code !== "DUPLICATE_KEY");
+  if (syntax.length === 0) return [...errors];
+  const first = syntax.reduce((a, b) => (b.pos[0] < a.pos[0] ? b : a));
+  return [first];
+}
+
+function syntaxHint(code: string): string {
+  const after = "the lines after it are checked once it is fixed";
+  return code === "UNEXPECTED_TOKEN" || code === "BAD_INDENT"
+    ? `check the indentation of this line and the lines above it; ${after}`
+    : `a YAML syntax error: ${after}`;
+}
+
+function yamlMessage(doc: Document, e: YAMLError | Document["warnings"][number]): string {
+  const first = e.message.split("\n")[0] ?? e.message;
+  if (e.code === "DUPLICATE_KEY") {
+    const key = keyAt(doc, e.pos[0]);
+    return key === undefined
+      ? "this key appears twice in the same map"
+      : `key ${JSON.stringify(key)} appears twice in the same map`;
+  }
   return first.replace(/ at line \d+, column \d+:?$/, "");
+}
+
+/** The scalar key that starts at `offset` (where the parser reports a duplicate key). */
+function keyAt(doc: Document, offset: number): string | undefined {
+  let found: string | undefined;
+  visit(doc, {
+    Pair(_, pair) {
+      if (isScalar(pair.key) && pair.key.range?.[0] === offset) {
+        found = String(pair.key.value);
+        return visit.BREAK;
+      }
+      return undefined;
+    },
+  });
+  return found;
 }
 
 function posOf(node: Node | null | undefined, lc: LineCounter): { line: number; col: number } {

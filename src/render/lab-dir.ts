@@ -73,6 +73,28 @@ function isBookkeeping(entry: string): boolean {
 }
 
 /**
+ * The entries of an output directory that are content (not the lock or a killed run's staging
+ * directories): none for a missing or empty one. Throws when `dir` is not a directory. What
+ * `render` and `flash-config` look at before they write into a directory.
+ */
+export async function contentEntries(dir: string, option: string): Promise<string[]> {
+  if (!(await exists(dir))) return [];
+  if (!(await stat(dir)).isDirectory()) {
+    throw new K8slabError(`${dir} exists and is not a directory`, {
+      hint: `choose another ${option}`,
+    });
+  }
+  return (await readdir(dir)).filter((e) => !isBookkeeping(e));
+}
+
+/** Refusal to write into a non-empty directory another program (or the user) filled. */
+export function notOursError(dir: string, what: string, option: string): K8slabError {
+  return new K8slabError(`${dir} is not empty and is not ${what}`, {
+    hint: `choose another ${option}, or empty it first`,
+  });
+}
+
+/**
  * Refuse to render into a directory that holds something other than this lab. A directory with
  * this lab's PKI but no lab.json is a render that was interrupted: it is continued. A corrupt
  * lab.json stops with the command that rebuilds it; with `repair` it is rebuilt.
@@ -82,11 +104,7 @@ export async function checkLabDir(
   labName: string,
   options: CheckLabDirOptions = {},
 ): Promise<"new" | "existing"> {
-  if (!(await exists(dir))) return "new";
-  if (!(await stat(dir)).isDirectory()) {
-    throw new K8slabError(`${dir} exists and is not a directory`, { hint: "choose another --dir" });
-  }
-  const entries = (await readdir(dir)).filter((e) => !isBookkeeping(e));
+  const entries = await contentEntries(dir, "--dir");
   if (entries.length === 0) return "new";
   const pkiLab = await labOfPki(dir);
   let owner: string | undefined;
@@ -103,9 +121,7 @@ export async function checkLabDir(
   }
   owner ??= pkiLab;
   if (owner === undefined) {
-    throw new K8slabError(`${dir} is not empty and is not a k8slab lab directory`, {
-      hint: "choose another --dir, or empty it first",
-    });
+    throw notOursError(dir, "a k8slab lab directory", "--dir");
   }
   if (owner !== labName) {
     throw new K8slabError(
@@ -156,13 +172,8 @@ export async function writeLabDir(
   prepare: (dir: string) => Promise<void>,
 ): Promise<void> {
   const dir = resolve(dirArg);
-  const suffix = randomBytes(4).toString("hex");
   const fresh = (await readdir(dir)).every(isBookkeeping);
-  const stage = join(dir, `.k8slab-stage-${suffix}`);
-  const old = join(dir, `.k8slab-old-${suffix}`);
-  try {
-    await mkdir(stage, { mode: RENDERED_DIR_MODE });
-    await chmod(stage, RENDERED_DIR_MODE);
+  await stageAndSwap(dir, RENDERED_ENTRIES, async (stage) => {
     await writeFiles(stage, files);
     if (fresh) {
       await prepare(stage);
@@ -174,8 +185,31 @@ export async function writeLabDir(
     } else {
       await prepare(dir);
     }
+  });
+}
+
+/**
+ * Build new content in a staging directory inside `dir` (`build` gets its path), then swap each
+ * of `entries` in, in order (put the one that marks the directory as complete last): the old
+ * one is moved aside, the new one (if the stage has it) renamed into place. The staging and
+ * moved-aside entries are removed whatever happens, and removeLeftovers removes what a killed
+ * run left. Used by render (lab directories) and flash-config (its output directory).
+ */
+export async function stageAndSwap(
+  dirArg: string,
+  entries: readonly string[],
+  build: (stage: string) => Promise<void>,
+): Promise<void> {
+  const dir = resolve(dirArg);
+  const suffix = randomBytes(4).toString("hex");
+  const stage = join(dir, `.k8slab-stage-${suffix}`);
+  const old = join(dir, `.k8slab-old-${suffix}`);
+  try {
+    await mkdir(stage, { mode: RENDERED_DIR_MODE });
+    await chmod(stage, RENDERED_DIR_MODE);
+    await build(stage);
     await mkdir(old);
-    for (const entry of RENDERED_ENTRIES) {
+    for (const entry of entries) {
       if (await exists(join(dir, entry))) await rename(join(dir, entry), join(old, entry));
       if (await exists(join(stage, entry))) await rename(join(stage, entry), join(dir, entry));
     }

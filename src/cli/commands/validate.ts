@@ -1,18 +1,31 @@
 import { Command } from "commander";
-import { loadLab } from "../../lab/load.js";
+import { loadPiLab } from "../../hypriot/pi-lab.js";
+import { loadLab, PI_LAB_KIND, resolveLab } from "../../lab/load.js";
 import { formatProblem } from "../../lab/problems.js";
 import { printJson, say, type CliContext } from "../context.js";
 
 export function validateCommand(ctx: CliContext): Command {
   return new Command("validate")
     .description(
-      "check a lab file: exit 0 when valid, 2 when not, naming every bad field with its line",
+      "check a lab file (a VM lab, or a Raspberry Pi cluster lab with kind: pi-cluster): exit 0 when valid, 2 when not, naming every bad field with its line",
     )
     .argument("<lab>", "a built-in lab name (see `k8slab labs`) or a path to a lab file")
     .option("--json", "print the result as JSON on stdout")
     .action(async (ref: string, opts: { json?: boolean }) => {
+      const { kind } = await resolveLab(ref, ctx.cwd);
+      if (kind === PI_LAB_KIND) {
+        const { lab, file, warnings } = await loadPiLab(ref, { cwd: ctx.cwd });
+        const boards = 1 + lab.nodes.length;
+        if (opts.json) return printJson(ctx, { valid: true, file, name: lab.name, kind, warnings });
+        for (const w of warnings) say(ctx, formatProblem(w));
+        say(
+          ctx,
+          `${file}: Raspberry Pi cluster lab ${lab.name} is valid (${boards} board${boards === 1 ? "" : "s"}); write its SD card files with: k8slab flash-config ${ref} --out DIR`,
+        );
+        return;
+      }
       const { lab, file, warnings } = await loadLab(ref, { cwd: ctx.cwd });
-      if (opts.json) return printJson(ctx, { valid: true, file, name: lab.name, warnings });
+      if (opts.json) return printJson(ctx, { valid: true, file, name: lab.name, kind, warnings });
       for (const w of warnings) say(ctx, formatProblem(w));
       say(
         ctx,
