@@ -61,7 +61,10 @@ describe("--json prints exactly one object, success or failure", () => {
   it("labs --json: ok true", async () => {
     const r = await cli(["labs", "--json"], { cwd: await tmp() });
     expect(r.code).toBe(0);
-    expect(oneObject(r.stdout)).toMatchObject({ ok: true });
+    expect(oneObject(r.stdout)).toMatchObject({
+      ok: true,
+      labs: expect.arrayContaining([expect.objectContaining({ name: "three-node", kind: "vm" })]),
+    });
   });
 
   it.each([

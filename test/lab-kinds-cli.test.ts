@@ -33,10 +33,11 @@ describe("Pi cluster labs are dispatched on kind: (issue 12)", () => {
     const row = r.stdout.split("\n").find((l) => l.startsWith("pi-cluster "));
     expect(row).toMatch(/Pi .*flash-config/);
     const json = await cli(["labs", "--json"], { cwd: await tmp() });
-    expect(JSON.parse(json.stdout)).toContainEqual(
+    const { labs } = JSON.parse(json.stdout) as { labs: unknown[] };
+    expect(labs).toContainEqual(
       expect.objectContaining({ name: "pi-cluster", kind: "pi-cluster", nodes: 3 }),
     );
-    expect(JSON.parse(json.stdout)).toContainEqual(
+    expect(labs).toContainEqual(
       expect.objectContaining({ name: "three-node", kind: "vm", nodes: 3 }),
     );
   });

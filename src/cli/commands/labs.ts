@@ -23,7 +23,7 @@ export function labsCommand(ctx: CliContext): Command {
         nodes: boards,
       }));
       const labs = [...vms, ...pis];
-      if (opts.json) return printJson(ctx, labs);
+      if (opts.json) return printJson(ctx, { labs });
       const width = Math.max(...labs.map((l) => l.name.length));
       for (const l of labs) {
         const mark = l.kind === PI_LAB_KIND ? "[Pi boards: k8slab flash-config] " : "";
