@@ -1,7 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { labJsonSchemaText } from "../src/lab/json-schema.js";
+import { builtinIndexPath } from "../src/lab/builtin-index.js";
+import { builtinIndexText, labJsonSchemaText } from "../src/lab/json-schema.js";
 import { builtinLabsDir, listBuiltinLabs, validateLabText } from "../src/lab/load.js";
 import { builtinText, editedLab, lines, problemsOf } from "./helpers/labs.js";
 
@@ -38,6 +40,10 @@ describe("built-in labs", () => {
     expect(lab!.nodes).toHaveLength(1);
     expect([...lab!.nodes[0]!.roles].sort()).toEqual(["control-plane", "etcd", "worker"]);
     expect(lab!.cluster.schedulableMaster).toBe(true);
+  });
+
+  it("labs/index.json lists every built-in lab as its file says (run `npm run schema` after changing one)", async () => {
+    expect(await readFile(builtinIndexPath(), "utf8")).toBe(await builtinIndexText());
   });
 
   it("labs/schema.json is generated from the zod schema (run `npm run schema` after changing it)", () => {

@@ -8,6 +8,7 @@ import {
   type CheckResult,
 } from "../probe/checks.js";
 import type { Transport } from "../probe/transport.js";
+import { STAGE_NAMES, type StageName } from "./stage-names.js";
 
 /**
  * The stages of `create`, in order. Each runs its provisioning phases on every node that has them
@@ -35,8 +36,7 @@ export interface Stage {
   diagnostic: string;
 }
 
-export const STAGE_NAMES = ["etcd", "network", "control-plane", "nodes", "addons"] as const;
-export type StageName = (typeof STAGE_NAMES)[number];
+export { STAGE_NAMES, type StageName } from "./stage-names.js";
 
 const MIN = 60_000;
 

@@ -11,26 +11,26 @@ import {
   describeStep,
   dockerEndpoint,
   dockerOs,
-  IMAGE_BUILDER_REF,
   runStep,
   steps,
   vagrantCommand,
   type BuilderRunContext,
   type Step,
 } from "./builder.js";
+import { IMAGE_BUILDER_REF } from "./releases.js";
 import { describeCheckout, inspectCheckout, type BuilderCheckout } from "./builder-checkout.js";
 import { isFile } from "./pi-lab.js";
 import {
   builderVm,
+  DEFAULT_KERNEL_PORT,
   LIBVIRT_HOST_ADDRESS,
+  VIRTUALBOX_NAT_HOST,
   type BuilderProvider,
   type BuilderVm,
 } from "./builder-vm.js";
 import {
   checkAdvertiseHost,
-  DEFAULT_KERNEL_PORT,
   startKernelServer,
-  VIRTUALBOX_NAT_HOST,
   servedName,
   type KernelServer,
 } from "./kernel-server.js";

@@ -11,6 +11,11 @@ import { join } from "node:path";
  * folder's type. The checkout itself is never edited.
  */
 
+/** VirtualBox NAT: the guest reaches the host's loopback interface at this address. */
+export const VIRTUALBOX_NAT_HOST = "10.0.2.2";
+/** The seed's nginx listened on 8081. */
+export const DEFAULT_KERNEL_PORT = 8081;
+
 export const BUILDER_PROVIDERS = ["virtualbox", "libvirt"] as const;
 export type BuilderProvider = (typeof BUILDER_PROVIDERS)[number];
 

@@ -12,8 +12,6 @@ import { IMAGE_BUILDER_REPO } from "./releases.js";
  * command is first described as a Step, so `--dry-run` prints exactly what a real run executes.
  */
 
-/** The release the seed's versions.config fits (rootfs v2.0.1, raw image v0.2.2, Docker 18.06). */
-export const IMAGE_BUILDER_REF = "v1.9.0";
 /** The builder VM's Docker port inside the guest; Vagrant may forward it to another host port. */
 export const GUEST_DOCKER_PORT = 2375;
 

@@ -19,7 +19,7 @@ import {
   type PiLab,
   type PiWifi,
 } from "./pi-lab.js";
-import { releaseImageUrl, releaseOfImage, type NetworkMethod } from "./releases.js";
+import { HYPHEN_NOTE, releaseImageUrl, releaseOfImage, type NetworkMethod } from "./releases.js";
 
 /**
  * Per-board cloud-init files for HypriotOS (v1.7+ reads /boot/user-data and /boot/meta-data with
@@ -257,9 +257,6 @@ export function renderBoards(lab: PiLab, secrets: PiSecrets = {}): BoardFiles[] 
 }
 
 /** The note about the seed's group names that every inventory carries. */
-export const HYPHEN_NOTE =
-  'ansible-inventory warns "Invalid characters were found in group names" about the "-" in the seed\'s group names (cluster-1-master, ...); the playbooks use these names and the warning is harmless';
-
 /**
  * The Ansible inventory in the seed's layout, for one or more clusters: per cluster
  * [<name>-master], [<name>-nodes], [<name>:children], [<name>:vars] with fqdn_master and

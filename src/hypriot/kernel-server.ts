@@ -5,17 +5,13 @@ import { isIP } from "node:net";
 import { basename, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { K8slabError } from "../errors.js";
+import { DEFAULT_KERNEL_PORT, VIRTUALBOX_NAT_HOST } from "./builder-vm.js";
 
 /**
  * A tiny HTTP server for one kernel .deb, so the image builder VM can download a kernel built on
  * this machine (the seed ran nginx in docker-compose for this). It serves exactly one path with
  * GET and HEAD, streams the file, and refuses everything else.
  */
-
-/** VirtualBox NAT: the guest reaches the host's loopback interface at this address. */
-export const VIRTUALBOX_NAT_HOST = "10.0.2.2";
-/** The seed's nginx listened on 8081. */
-export const DEFAULT_KERNEL_PORT = 8081;
 
 export interface KernelServerOptions {
   /** The .deb to serve. */

@@ -5,6 +5,8 @@
  */
 
 export const IMAGE_BUILDER_REPO = "https://github.com/hypriot/image-builder-rpi";
+/** The release the seed's versions.config fits (rootfs v2.0.1, raw image v0.2.2, Docker 18.06). */
+export const IMAGE_BUILDER_REF = "v1.9.0";
 
 /** How an image brings up eth0, and so where a static address has to go. */
 export const NETWORK_METHODS = ["ifupdown", "dhcpcd", "network-config"] as const;
@@ -159,3 +161,7 @@ export const FLASH_INSTALL = {
   linux:
     "on Linux flash runs sudo, hdparm and udevadm: sudo apt-get install -y hdparm udev (pv shows progress, unzip opens .zip images)",
 };
+
+/** What ansible-inventory says about the seed's group names, and why it does not matter. */
+export const HYPHEN_NOTE =
+  'ansible-inventory warns "Invalid characters were found in group names" about the "-" in the seed\'s group names (cluster-1-master, ...); the playbooks use these names and the warning is harmless';

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { PROVIDERS } from "./providers.js";
 
 /**
  * The lab file format. This one schema gives the TypeScript type (`Lab`), the validation, and the
@@ -40,8 +41,7 @@ export const ROLES = ["etcd", "control-plane", "worker"] as const;
 export const role = z.enum(ROLES);
 export type Role = z.infer<typeof role>;
 
-export const PROVIDERS = ["virtualbox", "libvirt"] as const;
-export type ProviderName = (typeof PROVIDERS)[number];
+export { PROVIDERS, type ProviderName } from "./providers.js";
 
 const boxSpec = z.strictObject({
   name: z.string().regex(BOX, "must be a box name such as ubuntu/xenial64"),

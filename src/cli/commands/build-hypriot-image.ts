@@ -1,13 +1,13 @@
 import { Command, InvalidArgumentError, Option } from "commander";
-import {
-  buildHypriotImage,
-  type BuildHypriotImageOptions,
-  type BuildHypriotImageResult,
+import type {
+  BuildHypriotImageOptions,
+  BuildHypriotImageResult,
 } from "../../hypriot/build-image.js";
-import { DEFAULT_KERNEL_PORT, VIRTUALBOX_NAT_HOST } from "../../hypriot/kernel-server.js";
-import { IMAGE_BUILDER_REF, vagrantCommand } from "../../hypriot/builder.js";
+import { IMAGE_BUILDER_REF } from "../../hypriot/releases.js";
 import {
   BUILDER_PROVIDERS,
+  DEFAULT_KERNEL_PORT,
+  VIRTUALBOX_NAT_HOST,
   LIBVIRT_BUILDER_BOX,
   LIBVIRT_HOST_ADDRESS,
 } from "../../hypriot/builder-vm.js";
@@ -99,6 +99,8 @@ export function buildHypriotImageCommand(ctx: CliContext): Command {
     .option("--json", "print the result as JSON on stdout")
     .addHelpText("after", HELP)
     .action(async (flags: Flags) => {
+      const { buildHypriotImage } = await import("../../hypriot/build-image.js");
+      const { vagrantCommand } = await import("../../hypriot/builder.js");
       const result: BuildHypriotImageResult = await untilInterrupted(
         {
           message: "interrupted; the build stopped and the kernel server with it",

@@ -1,5 +1,5 @@
 import { Command } from "commander";
-import { cacheDir, cachePull, type PullProgress } from "../../artifacts/index.js";
+import type { PullProgress } from "../../artifacts/index.js";
 import { downloadNarrator } from "../../artifacts/progress-text.js";
 import { formatProblem } from "../../lab/problems.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
@@ -27,6 +27,7 @@ export function cacheCommand(ctx: CliContext): Command {
     )
     .option("--json", "print the result as JSON on stdout")
     .action(async (ref: string, opts: { json?: boolean }) => {
+      const { cachePull } = await import("../../artifacts/index.js");
       const result = await cachePull({
         lab: ref,
         cwd: ctx.cwd,
@@ -40,6 +41,9 @@ export function cacheCommand(ctx: CliContext): Command {
   cache
     .command("dir")
     .description("print the cache directory (K8SLAB_CACHE, else $XDG_CACHE_HOME/k8slab)")
-    .action(() => printResult(ctx, cacheDir(ctx.env)));
+    .action(async () => {
+      const { cacheDir } = await import("../../artifacts/index.js");
+      printResult(ctx, cacheDir(ctx.env));
+    });
   return cache;
 }

@@ -1,11 +1,10 @@
 import { relative } from "node:path";
 import { Command, Option } from "commander";
-import { createLab, type CreateOptions } from "../../converge/converge.js";
-import { STAGE_NAMES, type StageName } from "../../converge/stages.js";
-import { PROVIDERS } from "../../lab/schema.js";
+import type { CreateOptions } from "../../converge/converge.js";
+import { STAGE_NAMES, type StageName } from "../../converge/stage-names.js";
+import { PROVIDERS } from "../../lab/providers.js";
 import { printJson, say, type CliContext } from "../context.js";
 import { untilInterrupted } from "../interrupt.js";
-import { lineReporter, withTaskList } from "../progress.js";
 
 /** Tuning for slow laptops (and tests): K8SLAB_DEADLINE_SCALE=2 doubles every stage deadline. */
 function tuning(env: NodeJS.ProcessEnv): Pick<CreateOptions, "deadlineScale" | "pollMs"> {
@@ -54,6 +53,8 @@ export function createCommand(ctx: CliContext): Command {
           json?: boolean;
         },
       ) => {
+        const { createLab } = await import("../../converge/converge.js");
+        const { lineReporter, withTaskList } = await import("../progress.js");
         const result = await untilInterrupted(RESUMABLE, (signal) => {
           const options = (onEvent: CreateOptions["onEvent"]): CreateOptions => ({
             lab: ref,

@@ -1,7 +1,6 @@
 import { isAbsolute, relative } from "node:path";
 import { Command } from "commander";
-import { HYPHEN_NOTE, writeFlashConfig } from "../../hypriot/flash-config.js";
-import { FLASH, FLASH_INSTALL } from "../../hypriot/releases.js";
+import { FLASH, FLASH_INSTALL, HYPHEN_NOTE } from "../../hypriot/releases.js";
 import { formatProblem } from "../../lab/problems.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
 
@@ -32,6 +31,7 @@ export function flashConfigCommand(ctx: CliContext): Command {
     .option("--json", "print the result as JSON on stdout")
     .addHelpText("after", HELP)
     .action(async (refs: string[], opts: { out: string; image?: string; json?: boolean }) => {
+      const { writeFlashConfig } = await import("../../hypriot/flash-config.js");
       const result = await writeFlashConfig({
         labs: refs,
         cwd: ctx.cwd,

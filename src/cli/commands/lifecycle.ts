@@ -2,25 +2,21 @@ import { existsSync } from "node:fs";
 import { createInterface } from "node:readline/promises";
 import { join, resolve } from "node:path";
 import { Command, Option } from "commander";
-import { runDoctor } from "../../doctor/doctor.js";
-import { readState } from "../../converge/state.js";
 import { K8slabError } from "../../errors.js";
-import { loadLab } from "../../lab/load.js";
-import { PROVIDERS, type Lab } from "../../lab/schema.js";
-import { mergeKubeconfig, userKubeconfigPath } from "../../lifecycle/kubeconfig.js";
-import { findLabDir, openLab, type OpenLab } from "../../lifecycle/open-lab.js";
-import {
-  destroyLab,
-  labStatus,
-  labVagrant,
-  provisionLab,
-  type LabStatus,
-} from "../../lifecycle/ops.js";
+import { PROVIDERS } from "../../lab/providers.js";
+import type { Lab } from "../../lab/schema.js";
+import type { LabDirOptions, OpenLab } from "../../lifecycle/open-lab.js";
+import type { LabStatus } from "../../lifecycle/ops.js";
 import { PHASES, type Phase } from "../../plan/plan.js";
 import { shellQuote } from "../../util/quote.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
 import { untilInterrupted } from "../interrupt.js";
 import { RESUMABLE } from "./create.js";
+
+// What the commands run is loaded when one runs, so that `k8slab --help` stays instant.
+const openLab = async (options: LabDirOptions): Promise<OpenLab> =>
+  (await import("../../lifecycle/open-lab.js")).openLab(options);
+const ops = () => import("../../lifecycle/ops.js");
 
 const labArg = ["[lab]", "lab name or file (default: the lab directory you are in)"] as const;
 const dirOption = [
@@ -36,7 +32,7 @@ export function statusCommand(ctx: CliContext): Command {
     .option("--json", "print the status as JSON on stdout")
     .action(async (lab: string | undefined, opts: { dir?: string; json?: boolean }) => {
       const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
-      const status = await labStatus(open, { env: ctx.env });
+      const status = await (await ops()).labStatus(open, { env: ctx.env });
       if (opts.json) printJson(ctx, status);
       else printStatus(ctx, status);
       if (!status.healthy) {
@@ -99,6 +95,7 @@ export function provisionCommand(ctx: CliContext): Command {
     .addOption(new Option("--phase <phase>", "the phase to run").choices(PHASES))
     .action(async (lab: string | undefined, opts: { dir?: string; phase?: Phase }) => {
       const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
+      const { provisionLab } = await ops();
       const { ran } = await untilInterrupted(RESUMABLE, (signal) =>
         provisionLab(open, {
           env: ctx.env,
@@ -126,7 +123,7 @@ export function sshCommand(ctx: CliContext): Command {
           hint: `nodes: ${open.plan.nodes.map((n) => n.name).join(", ")}`,
         });
       }
-      const vagrant = labVagrant(open, { env: ctx.env });
+      const vagrant = (await ops()).labVagrant(open, { env: ctx.env });
       // Vagrant's exit status is k8slab's: the remote command's, or Vagrant's own failure.
       const code = opts.command
         ? await vagrant.sshStream(node, opts.command, { stdout: ctx.stdout, stderr: ctx.stderr })
@@ -164,6 +161,8 @@ export function kubeconfigCommand(ctx: CliContext): Command {
         printResult(ctx, `export KUBECONFIG=${path}`);
         return;
       }
+      const { readState } = await import("../../converge/state.js");
+      const { mergeKubeconfig, userKubeconfigPath } = await import("../../lifecycle/kubeconfig.js");
       const { state } = await readState(open.dir, open.lab.name);
       if (Object.keys(state.stages).length === 0) {
         say(
@@ -206,6 +205,7 @@ export function destroyCommand(ctx: CliContext): Command {
     .option("--purge", "also delete the lab directory with its PKI and logs")
     .action(
       async (lab: string | undefined, opts: { dir?: string; force?: boolean; purge?: boolean }) => {
+        const { findLabDir } = await import("../../lifecycle/open-lab.js");
         const dir = await findLabDir({ cwd: ctx.cwd, lab, dir: opts.dir });
         if (!existsSync(dir)) {
           // Idempotent, like kind delete cluster: what does not exist is already destroyed.
@@ -218,6 +218,7 @@ export function destroyCommand(ctx: CliContext): Command {
           say(ctx, "nothing destroyed");
           return;
         }
+        const { destroyLab } = await ops();
         const { vms } = await destroyLab(open, { env: ctx.env, purge: opts.purge ?? false });
         say(
           ctx,
@@ -245,6 +246,8 @@ export function doctorCommand(ctx: CliContext): Command {
         ref: string | undefined,
         opts: { provider?: Lab["provider"]["name"]; dir?: string; json?: boolean },
       ) => {
+        const { loadLab } = await import("../../lab/load.js");
+        const { runDoctor } = await import("../../doctor/doctor.js");
         const { lab } = await loadLab(ref ?? "three-node", { cwd: ctx.cwd });
         const items = await runDoctor({
           lab,

@@ -1,7 +1,6 @@
 import { relative } from "node:path";
 import { Command } from "commander";
 import { formatProblem } from "../../lab/problems.js";
-import { renderLabDir } from "../../render/index.js";
 import { printJson, say, type CliContext } from "../context.js";
 
 export function renderCommand(ctx: CliContext): Command {
@@ -14,6 +13,7 @@ export function renderCommand(ctx: CliContext): Command {
     .option("--repair", "rebuild a corrupt lab.json (and the rendered files), keeping the PKI")
     .option("--json", "print the result as JSON on stdout")
     .action(async (ref: string, opts: { dir?: string; repair?: boolean; json?: boolean }) => {
+      const { renderLabDir } = await import("../../render/index.js");
       const result = await renderLabDir({
         lab: ref,
         cwd: ctx.cwd,

@@ -1,6 +1,4 @@
 import { Command } from "commander";
-import { loadPiLab } from "../../hypriot/pi-lab.js";
-import { loadLab, PI_LAB_KIND, resolveLab } from "../../lab/load.js";
 import { formatProblem } from "../../lab/problems.js";
 import { printJson, say, type CliContext } from "../context.js";
 
@@ -12,8 +10,10 @@ export function validateCommand(ctx: CliContext): Command {
     .argument("<lab>", "a built-in lab name (see `k8slab labs`) or a path to a lab file")
     .option("--json", "print the result as JSON on stdout")
     .action(async (ref: string, opts: { json?: boolean }) => {
+      const { loadLab, PI_LAB_KIND, resolveLab } = await import("../../lab/load.js");
       const { kind } = await resolveLab(ref, ctx.cwd);
       if (kind === PI_LAB_KIND) {
+        const { loadPiLab } = await import("../../hypriot/pi-lab.js");
         const { lab, file, warnings } = await loadPiLab(ref, { cwd: ctx.cwd });
         const boards = 1 + lab.nodes.length;
         if (opts.json) return printJson(ctx, { valid: true, file, name: lab.name, kind, warnings });
