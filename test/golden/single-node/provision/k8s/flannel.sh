@@ -68,6 +68,26 @@ ensure_service() {
 }
 
 flanneld_bin=$(need_bin flanneld)
+
+# systemd 242 and later (udev's MACAddressPolicy=persistent) give a new virtual device a MAC of
+# its own a moment after it is created: flannel has by then published the first one as its VTEP
+# address, and every other node sends this node's pod traffic to a MAC it no longer has (requests
+# arrive, nothing answers). Leave flannel's devices alone; a device made before this rule goes.
+put_file /etc/systemd/network/10-k8slab-flannel.link 0644 <<LINK
+[Match]
+OriginalName=flannel*
+
+[Link]
+MACAddressPolicy=none
+LINK
+if [ "$CHANGED" = yes ]; then
+  udevadm control --reload 2>/dev/null || true
+  if ip link show flannel.1 >/dev/null 2>&1; then
+    systemctl stop flanneld.service 2>/dev/null || true
+    ip link delete flannel.1
+    log "removed flannel.1 (made before the rule): flanneld makes it again"
+  fi
+fi
 # --iface: the private NIC, named by its address (boxes name it eth1 or enp0s8). Vagrant's eth0
 # is NAT with the same 10.0.2.15 on every VM.
 put_file /etc/systemd/system/flanneld.service 0644 <<UNIT
