@@ -60,7 +60,8 @@ describe("create and Ctrl-C", () => {
     expect(existsSync(join(dir, "lab", "state.json"))).toBe(false);
     const ps = await execa("pgrep", ["-f", join(dir, "fake-bin")], { reject: false });
     expect(ps.stdout.trim()).toBe("");
-    // A permanent failure (no VirtualBox) with --json: nothing on stdout, the error on stderr.
+    // A permanent failure (no VirtualBox) with --json: one JSON object on stdout with the error
+    // and its hint, and the message for people on stderr.
     const noVbox = await createFakeBin(join(dir, "b"), {
       vagrant: { rules: [{ args: "^--version", stdout: "Vagrant 2.3.4\n" }] },
     });
@@ -81,7 +82,11 @@ describe("create and Ctrl-C", () => {
       },
     );
     expect(failed.exitCode, failed.all).toBe(1);
-    expect(failed.stdout).toBe("");
+    expect(JSON.parse(failed.stdout)).toEqual({
+      ok: false,
+      error: "host check failed: virtualbox: VBoxManage not found",
+      hint: "install VirtualBox, or use libvirt: --provider libvirt",
+    });
     expect(failed.stderr).toMatch(/host check failed: virtualbox: VBoxManage not found/);
     expect(failed.stderr).toMatch(/hint: install VirtualBox, or use libvirt/);
     expect(await readFile(join(dir, "lab", "lab.json"), "utf8")).toContain('"name": "single-node"');
