@@ -108,6 +108,9 @@ describe("create and Ctrl-C", () => {
     expect(run.exitCode, run.all).toBe(1);
     expect(run.stderr).toMatch(/error: host check failed: vagrant: vagrant not found/);
     expect(run.stderr).toMatch(/hint: install Vagrant/);
+    // The host checks run before anything is rendered: a host that cannot run the lab gets no
+    // lab directory (and no CA key) in the current directory.
+    expect(existsSync(join(dir, "lab"))).toBe(false);
     expect(Date.now() - started).toBeLessThan(30_000);
   });
 });
