@@ -1,34 +1,18 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { existsSync } from "node:fs";
-import { chmod, cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdir, readFile, readdir, writeFile } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { Writable } from "node:stream";
 import type { CliContext } from "../src/cli/context.js";
 import { runCli } from "../src/cli/main.js";
-import { renderLabDir } from "../src/render/index.js";
 import { cli } from "./helpers/cli.js";
 import { createFakeBin, type FakeRule } from "./helpers/fake-bin.js";
+import { useRenderedLab } from "./helpers/rendered-lab.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
-let template: string;
-let templateRoot: string;
-
-beforeAll(async () => {
-  templateRoot = await mkdtemp(join(tmpdir(), "k8slab-test-"));
-  template = (await renderLabDir({ lab: "single-node", cwd: templateRoot })).dir;
-});
-afterAll(async () => {
-  await rm(templateRoot, { recursive: true, force: true });
-});
-
 /** A working directory with a rendered single-node lab (one VM, `k8s`) in ./lab. */
-async function labCwd(): Promise<string> {
-  const cwd = await tmp();
-  await cp(template, join(cwd, "lab"), { recursive: true });
-  return cwd;
-}
+const labCwd = useRenderedLab("single-node", tmp);
 
 /** A fake vagrant (the only program on PATH) answering these rules. */
 async function fakeVagrant(cwd: string, rules: FakeRule[]) {

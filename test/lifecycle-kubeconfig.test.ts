@@ -1,28 +1,17 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { describe, expect, it } from "vitest";
+import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
-import { renderLabDir } from "../src/render/index.js";
 import { cli } from "./helpers/cli.js";
+import { useRenderedLab } from "./helpers/rendered-lab.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
-let template: string;
-let templateRoot: string;
-
-beforeAll(async () => {
-  templateRoot = await mkdtemp(join(tmpdir(), "k8slab-test-"));
-  template = (await renderLabDir({ lab: "single-node", cwd: templateRoot })).dir;
-});
-afterAll(async () => {
-  await rm(templateRoot, { recursive: true, force: true });
-});
+const labCwd = useRenderedLab("single-node", tmp);
 
 /** A working directory with a rendered single-node lab in ./lab and a kubeconfig path. */
 async function setup(): Promise<{ cwd: string; target: string; env: NodeJS.ProcessEnv }> {
-  const cwd = await tmp();
-  await cp(template, join(cwd, "lab"), { recursive: true });
+  const cwd = await labCwd();
   const target = join(cwd, "kube", "config");
   return { cwd, target, env: { ...process.env, KUBECONFIG: target } };
 }
