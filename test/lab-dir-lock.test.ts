@@ -101,12 +101,16 @@ describe("the lab directory lock", () => {
   it("a waiting command goes on as soon as the holder finishes", async () => {
     const dir = await tmp();
     const order: string[] = [];
+    let entered: () => void = () => undefined;
+    const firstIn = new Promise<void>((resolve) => (entered = resolve));
     const first = withLabLock(dir, "render", async () => {
       order.push("first in");
+      entered();
       await new Promise((r) => setTimeout(r, 300));
       order.push("first out");
     });
-    await new Promise((r) => setTimeout(r, 20));
+    // The second asks only once the first holds the lock (a busy machine may take a while).
+    await firstIn;
     const second = withLabLock(dir, "render", async () => void order.push("second"));
     await Promise.all([first, second]);
     expect(order).toEqual(["first in", "first out", "second"]);
