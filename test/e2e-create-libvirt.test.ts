@@ -311,6 +311,14 @@ describe.skipIf(!E2E)(
         }),
       );
       t = Date.now();
+      // Pods are admitted once the controller manager has made the namespace's default service
+      // account, which on a slow VM can be a while after the nodes are Ready.
+      await until(
+        "the default service account",
+        ["get", "serviceaccount", "default", "-o", "name"],
+        (out) => out.trim() !== "",
+        600_000,
+      );
       const applied = await kubectl(["apply", "-f", join(work, "workload.json")]);
       expect(applied.exitCode, applied.all).toBe(0);
       const running = await until(

@@ -62,6 +62,8 @@ export const VM_PATHS = {
   stateDir: "/var/lib/k8slab",
   artifactCache: "/var/cache/k8slab",
   bin: "/opt/k8slab/bin",
+  /** Wrappers that adapt newer host programs to what Kubernetes 1.9 passes them. */
+  compat: "/opt/k8slab/compat",
   files: "/opt/k8slab/files",
 } as const;
 

@@ -69,6 +69,23 @@ ensure_service() {
 
 # kube-proxy makes service addresses (10.32.0.0/24) work on this node with iptables.
 proxy_bin=$(need_bin kube-proxy)
+
+# kube-proxy 1.9 asks iptables-restore to wait for the xtables lock with "-w5", a form iptables
+# 1.8 and later refuse ("invalid option -- '5'"): then no Service rule is ever written. It finds
+# this wrapper first on its PATH, which passes "-w" (wait) and everything else as it is.
+restore_bin=$(command -v iptables-restore) || die "iptables-restore is not installed (package iptables)"
+install -d -m 0755 /opt/k8slab/compat
+put_file /opt/k8slab/compat/iptables-restore 0755 <<WRAPPER
+#!/bin/sh
+for a in "\$@"; do
+  shift
+  case "\$a" in
+    -w[0-9]* | --wait=*) set -- "\$@" -w ;;
+    *) set -- "\$@" "\$a" ;;
+  esac
+done
+exec ${restore_bin} "\$@"
+WRAPPER
 put_file /etc/systemd/system/kube-proxy.service 0644 <<UNIT
 [Unit]
 Description=Kubernetes kube-proxy (k8slab)
@@ -76,6 +93,7 @@ After=network-online.target flanneld.service
 Wants=network-online.target
 
 [Service]
+Environment=PATH=/opt/k8slab/compat:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ExecStart=${proxy_bin} \\
   --kubeconfig=/etc/kubernetes/pki/kube-proxy.kubeconfig \\
   --bind-address=192.168.56.166 \\
