@@ -225,6 +225,35 @@ describe("static checks of the rendered provisioners", () => {
     expect(manifests.get("dashboard.yaml")).toContain(`image: ${lab.images.dashboard}`);
   });
 
+  it("kube-proxy's iptables-restore wrapper turns 1.9's -w5 into -w and passes the rest as it is", async () => {
+    const { dir } = await renderThreeNode();
+    const script = await readFile(join(dir, "provision", "minion1", "kube-proxy.sh"), "utf8");
+    const [[path, body]] = writtenFiles(script, "WRAPPER") as [[string, string]];
+    expect(path).toBe("/opt/k8slab/compat/iptables-restore");
+    expect(script).toContain("Environment=PATH=/opt/k8slab/compat:");
+    // The wrapper as the phase writes it (its heredoc expanded), in front of a stand-in for the
+    // real iptables-restore that prints the arguments it gets.
+    const work = await tmp();
+    const real = join(work, "real");
+    await writeFile(real, '#!/bin/sh\nprintf "[%s]" "$@"\n', { mode: 0o755 });
+    const wrapper = join(work, "iptables-restore");
+    const expanded = await execa("bash", [
+      "-c",
+      `restore_bin=${real}\ncat <<WRAPPER\n${body}\nWRAPPER`,
+    ]);
+    await writeFile(wrapper, expanded.stdout, { mode: 0o755 });
+    const run = await execa(wrapper, [
+      "--noflush",
+      "-w5",
+      "--counters",
+      "a b",
+      "--wait=2",
+      "-W",
+      "100000",
+    ]);
+    expect(run.stdout).toBe("[--noflush][-w][--counters][a b][-w][-W][100000]");
+  });
+
   it.each(["three-node", "single-node"])(
     "no rendered script of %s downloads from the internet: only from the host's artifact server",
     async (name) => {
