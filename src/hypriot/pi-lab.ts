@@ -1,8 +1,13 @@
-import { readdir, readFile, stat } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { readFile, stat } from "node:fs/promises";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
-import { builtinPiLabsDir, PI_LAB_KIND, resolveLab } from "../lab/load.js";
+import {
+  builtinPiLabsDir,
+  listLabFolder,
+  PI_LAB_KIND,
+  resolveLab,
+  type BuiltinLab,
+} from "../lab/load.js";
 import type { Problem, RuleProblem } from "../lab/problems.js";
 import { validateYamlText, type Rule } from "../lab/validate-yaml.js";
 import { broadcast, contains, hasHostBits, ipToInt, parseCidr } from "../util/ipv4.js";
@@ -353,30 +358,9 @@ export async function loadPiLab(ref: string, options: { cwd: string }): Promise<
   return { lab, file, path, warnings: problems };
 }
 
-export interface BuiltinPiLab {
-  name: string;
-  description: string;
-  boards: number;
-  path: string;
-}
-
-/** The valid built-in Pi cluster labs (labs/pi/*.yaml). */
-export async function listBuiltinPiLabs(): Promise<BuiltinPiLab[]> {
-  const dir = builtinPiLabsDir();
-  const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml")).sort();
-  const labs: BuiltinPiLab[] = [];
-  for (const f of files) {
-    const path = join(dir, f);
-    const { lab } = validatePiLabText(f, await readFile(path, "utf8"));
-    if (lab)
-      labs.push({
-        name: basename(f, ".yaml"),
-        description: lab.description ?? "",
-        boards: boardsOf(lab).length,
-        path,
-      });
-  }
-  return labs;
+/** The valid built-in Pi cluster labs (labs/pi/*.yaml); `nodes` counts their boards. */
+export function listBuiltinPiLabs(): Promise<BuiltinLab[]> {
+  return listLabFolder(builtinPiLabsDir(), validatePiLabText, (lab) => boardsOf(lab).length);
 }
 
 export async function isFile(path: string): Promise<boolean> {

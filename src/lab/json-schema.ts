@@ -19,11 +19,11 @@ export async function builtinIndexText(): Promise<string> {
       description,
       nodes,
     })),
-    ...(await listBuiltinPiLabs()).map(({ name, description, boards }) => ({
+    ...(await listBuiltinPiLabs()).map(({ name, description, nodes }) => ({
       name,
       kind: PI_LAB_KIND,
       description,
-      nodes: boards,
+      nodes,
     })),
   ];
   return `${JSON.stringify(entries, null, 2)}\n`;

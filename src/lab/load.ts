@@ -142,24 +142,35 @@ export async function loadLab(ref: string, options: { cwd: string }): Promise<Lo
 export interface BuiltinLab {
   name: string;
   description: string;
+  /** VMs, or boards of a Pi cluster lab. */
   nodes: number;
   path: string;
 }
 
-export async function listBuiltinLabs(): Promise<BuiltinLab[]> {
-  const dir = builtinLabsDir();
+/** The valid labs of a folder of built-in labs, as `validate` reads them, with their size. */
+export async function listLabFolder<L extends { description?: string | undefined }>(
+  dir: string,
+  validate: (file: string, text: string) => { lab?: L },
+  size: (lab: L) => number,
+): Promise<BuiltinLab[]> {
   const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml")).sort();
   const labs: BuiltinLab[] = [];
   for (const f of files) {
     const path = join(dir, f);
-    const { lab } = validateLabText(f, await readFile(path, "utf8"));
-    if (lab)
+    const { lab } = validate(f, await readFile(path, "utf8"));
+    if (lab) {
       labs.push({
         name: basename(f, ".yaml"),
         description: lab.description ?? "",
-        nodes: lab.nodes.length,
+        nodes: size(lab),
         path,
       });
+    }
   }
   return labs;
+}
+
+/** The valid built-in VM labs (labs/*.yaml). */
+export function listBuiltinLabs(): Promise<BuiltinLab[]> {
+  return listLabFolder(builtinLabsDir(), validateLabText, (lab) => lab.nodes.length);
 }
