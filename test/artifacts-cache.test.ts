@@ -7,7 +7,7 @@ import { connect, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { execa } from "execa";
 import { cachePull, serveArtifacts, type PullProgress } from "../src/artifacts/index.js";
-import { packageRoot } from "../src/lab/load.js";
+import { packageRoot } from "../src/util/package-root.js";
 import { cli } from "./helpers/cli.js";
 import { cliArgv } from "./helpers/cli-process.js";
 import { editedLab } from "./helpers/labs.js";

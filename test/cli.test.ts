@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
-import { packageRoot } from "../src/lab/load.js";
+import { packageRoot } from "../src/util/package-root.js";
 import { cli } from "./helpers/cli.js";
 import { builtinText, editedLab } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";

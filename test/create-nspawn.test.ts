@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { artifactPath } from "../src/artifacts/index.js";
 import { execa } from "execa";
-import { packageRoot } from "../src/lab/load.js";
+import { packageRoot } from "../src/util/package-root.js";
 import { cliArgv } from "./helpers/cli-process.js";
 import { editedLab } from "./helpers/labs.js";
 import {

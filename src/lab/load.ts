@@ -1,7 +1,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { basename, join, resolve } from "node:path";
 import { K8slabError } from "../errors.js";
+import { packageRoot } from "../util/package-root.js";
 import { LabInvalidError, type Problem } from "./problems.js";
 import { LAB_RULES } from "./rules.js";
 import { labSchema, type Lab } from "./schema.js";
@@ -13,11 +13,6 @@ export interface LoadedLab {
   file: string;
   path: string;
   warnings: Problem[];
-}
-
-/** The package's own folder (works from src/ under tsx and from dist/ once built). */
-export function packageRoot(): string {
-  return resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 }
 
 export function builtinLabsDir(): string {

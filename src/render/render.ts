@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import ejs from "ejs";
 import type { LabPlan, NodePlan, Phase } from "../plan/plan.js";
-import { packageRoot } from "../lab/load.js";
+import { packageRoot } from "../util/package-root.js";
 import { rubyQuote, shellQuote } from "../util/quote.js";
 
 /** One rendered file, relative to the lab directory. */

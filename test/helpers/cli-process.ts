@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { packageRoot } from "../../src/lab/load.js";
+import { packageRoot } from "../../src/util/package-root.js";
 
 /**
  * argv that runs the CLI from source as one process (tsx as a loader, not a wrapper), so signals

@@ -25,7 +25,7 @@ import {
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { packageRoot } from "../../src/lab/load.js";
+import { packageRoot } from "../../src/util/package-root.js";
 
 export function k8sFixturesDir(): string {
   return (
