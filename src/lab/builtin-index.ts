@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { packageRoot } from "../util/package-root.js";
+import type { LabKind } from "./load.js";
 
 /**
  * labs/index.json: the built-in labs' names, kinds, descriptions and sizes, generated from the lab
@@ -10,7 +11,7 @@ import { packageRoot } from "../util/package-root.js";
 export interface BuiltinIndexEntry {
   name: string;
   /** "vm" for `create`, "pi-cluster" for `flash-config`. */
-  kind: string;
+  kind: LabKind;
   description: string;
   /** VMs, or boards of a Pi lab. */
   nodes: number;

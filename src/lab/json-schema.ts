@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { listBuiltinPiLabs } from "../hypriot/pi-lab.js";
 import type { BuiltinIndexEntry } from "./builtin-index.js";
-import { listBuiltinLabs, PI_LAB_KIND } from "./load.js";
+import { listBuiltinLabs, PI_LAB_KIND, type BuiltinLab, type LabKind } from "./load.js";
 import { labSchema } from "./schema.js";
 
 /** labs/schema.json, as editors read it (the input shape: defaults make keys optional). */
@@ -12,19 +12,17 @@ export function labJsonSchemaText(): string {
 
 /** labs/index.json (see builtin-index.ts): every built-in lab, VM labs first. */
 export async function builtinIndexText(): Promise<string> {
-  const entries: BuiltinIndexEntry[] = [
-    ...(await listBuiltinLabs()).map(({ name, description, nodes }) => ({
+  const entry =
+    (kind: LabKind) =>
+    ({ name, description, nodes }: BuiltinLab): BuiltinIndexEntry => ({
       name,
-      kind: "vm",
+      kind,
       description,
       nodes,
-    })),
-    ...(await listBuiltinPiLabs()).map(({ name, description, nodes }) => ({
-      name,
-      kind: PI_LAB_KIND,
-      description,
-      nodes,
-    })),
+    });
+  const entries = [
+    ...(await listBuiltinLabs()).map(entry("vm")),
+    ...(await listBuiltinPiLabs()).map(entry(PI_LAB_KIND)),
   ];
   return `${JSON.stringify(entries, null, 2)}\n`;
 }
