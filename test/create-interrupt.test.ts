@@ -6,7 +6,7 @@ import { execa } from "execa";
 import { cliArgv } from "./helpers/cli-process.js";
 import { readFile, writeFile } from "node:fs/promises";
 import { createFakeBin } from "./helpers/fake-bin.js";
-import { editedLab } from "./helpers/labs.js";
+import { editedLab, OFFLINE } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
@@ -30,7 +30,7 @@ describe("create and Ctrl-C", () => {
       VBoxManage: { rules: [{ args: "^--version", stdout: "7.0.6r155176\n" }] },
     });
     // No artifacts: nothing may be fetched from the internet.
-    await writeFile(join(dir, "lab.yaml"), editedLab("single-node", [[["artifacts"], {}]]));
+    await writeFile(join(dir, "lab.yaml"), editedLab("single-node", OFFLINE));
     const child = execa(CLI[0]!, [...CLI.slice(1), "create", "lab.yaml", "--dir", "lab"], {
       cwd: dir,
       env: {
@@ -94,7 +94,7 @@ describe("create and Ctrl-C", () => {
 
   it("with Vagrant missing, create stops at once with a hint", async () => {
     const dir = await tmp();
-    await writeFile(join(dir, "lab.yaml"), editedLab("single-node", [[["artifacts"], {}]]));
+    await writeFile(join(dir, "lab.yaml"), editedLab("single-node", OFFLINE));
     const started = Date.now();
     const run = await execa(CLI[0]!, [...CLI.slice(1), "create", "lab.yaml", "--dir", "lab"], {
       cwd: dir,

@@ -8,7 +8,9 @@ import { artifactPath } from "../src/artifacts/index.js";
 import { execa } from "execa";
 import { packageRoot } from "../src/util/package-root.js";
 import { cliArgv } from "./helpers/cli-process.js";
-import { editedLab } from "./helpers/labs.js";
+import { builtinText, editedLab } from "./helpers/labs.js";
+import { seedCachedImage } from "./helpers/registry-images.js";
+import { parseDocument } from "yaml";
 import {
   nspawnAvailable,
   startNspawnCluster,
@@ -66,9 +68,20 @@ describe.skipIf(!available.ok)(
       const cached = artifactPath(join(work, "cache"), helloSha, helloUrl);
       await mkdir(dirname(cached), { recursive: true });
       await writeFile(cached, hello);
+      // The addons' images, in the cache as a pull leaves them: the nodes get them from the host.
+      const lab = parseDocument(builtinText("three-node")).toJS() as {
+        images: Record<string, string>;
+      };
+      for (const key of ["kubeDns", "dnsmasq", "dnsSidecar", "dashboard"]) {
+        await seedCachedImage(join(work, "cache"), lab.images[key]!);
+      }
       await writeFile(
         join(work, "lab.yaml"),
         editedLab("three-node", [
+          [
+            ["images", "build"],
+            ["hyperkube", "pause"],
+          ],
           [["provider", "name"], "libvirt"],
           [["artifacts"], { hello: { url: helloUrl, sha256: helloSha, kind: "binary" } }],
         ]),

@@ -5,7 +5,7 @@ import { join, relative } from "node:path";
 import { execa } from "execa";
 import { cli } from "./helpers/cli.js";
 import { cliArgv } from "./helpers/cli-process.js";
-import { editedLab } from "./helpers/labs.js";
+import { editedLab, OFFLINE } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
@@ -70,7 +70,7 @@ describe("a corrupt lab.json", () => {
 
   it("--repair still refuses a directory holding another lab's PKI", async () => {
     const cwd = await tmp();
-    await writeFile(join(cwd, "three.yaml"), editedLab("three-node", [[["artifacts"], {}]]));
+    await writeFile(join(cwd, "three.yaml"), editedLab("three-node", OFFLINE));
     expect((await cli(["render", "three.yaml", "--dir", "lab"], { cwd })).code).toBe(0);
     await writeFile(join(cwd, "lab", "lab.json"), "{");
     expectUserError(await render(cwd, ["--repair"]), /holds the lab "three-node"/);

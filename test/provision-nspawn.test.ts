@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Phase } from "../src/plan/plan.js";
 import type { RenderResult } from "../src/render/index.js";
 import { renderLabDir } from "../src/render/index.js";
-import { editedLab } from "./helpers/labs.js";
+import { editedLab, OFFLINE } from "./helpers/labs.js";
 import type { ExecResult, NspawnCluster, NspawnNode } from "./helpers/nspawn-cluster.js";
 import { ensureRootfs, nspawnAvailable, startNspawnCluster } from "./helpers/nspawn-cluster.js";
 import { waitFor } from "./helpers/netns.js";
@@ -184,7 +184,7 @@ describe.skipIf(!availability.ok)("the three-node lab's provisioners on real sys
     root = await mkdtemp(join(tmpdir(), "k8slab-provision-"));
     // The built-in lab, with no artifacts: Debian's etcd package stands in for the release.
     const labFile = join(root, "three-node.yaml");
-    await writeFile(labFile, editedLab("three-node", [[["artifacts"], {}]]));
+    await writeFile(labFile, editedLab("three-node", OFFLINE));
     rendered = await timed("render", () => renderLabDir({ lab: labFile, cwd: root!, dir: "lab" }));
     const rootfs = await timed("rootfs", () => ensureRootfs());
     cluster = await timed("boot", () =>

@@ -16,7 +16,7 @@ import {
 } from "../src/vagrant/machine-readable.js";
 import { Vagrant, VagrantError } from "../src/vagrant/vagrant.js";
 import { createFakeBin, type FakeRule } from "./helpers/fake-bin.js";
-import { builtinText, editedLab } from "./helpers/labs.js";
+import { builtinText, editedLab, OFFLINE } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 const tmp = useTmpDirs();
@@ -248,7 +248,7 @@ describe("kubeconfig --merge", () => {
 describe("create's handling of Vagrant failures", () => {
   it("a permanent Vagrant error stops at once, naming the command and the log", async () => {
     const cwd = await tmp();
-    await writeFile(join(cwd, "lab.yaml"), editedLab("single-node", [[["artifacts"], {}]]));
+    await writeFile(join(cwd, "lab.yaml"), editedLab("single-node", OFFLINE));
     const calls: string[] = [];
     const runner: Runner = async (file, args) => {
       calls.push([file, ...args].join(" "));

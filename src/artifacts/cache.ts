@@ -32,9 +32,10 @@ export interface PullProgress {
   /**
    * cached: in the cache and its sha256 verified again; damaged: the cached copy failed that
    * check and is fetched again; recorded: no published checksum, so the first download's
-   * sha256 was recorded (`sha256`) and every later use is verified against it.
+   * sha256 was recorded (`sha256`) and every later use is verified against it; resolved: an image
+   * tag was resolved to a digest (`sha256`), recorded so that every later pull gets the same image.
    */
-  event: "cached" | "damaged" | "start" | "progress" | "done" | "retry" | "recorded";
+  event: "cached" | "damaged" | "start" | "progress" | "done" | "retry" | "recorded" | "resolved";
   received?: number;
   total?: number;
   message?: string;

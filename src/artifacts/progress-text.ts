@@ -17,6 +17,8 @@ export function downloadNarrator(interactive: boolean): (p: PullProgress) => str
         return `${p.name}: the cached copy is damaged (${p.message}); downloading it again`;
       case "recorded":
         return `${p.name}: its upstream publishes no sha256; recorded the first download's: ${p.sha256} (every later use must match it)`;
+      case "resolved":
+        return `${p.name}: resolved to ${p.sha256} and recorded (to pin it in the lab file, write it as ${p.name}@${p.sha256})`;
       case "start":
         return `${p.name}: downloading`;
       case "retry":

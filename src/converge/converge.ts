@@ -506,7 +506,7 @@ async function createLocked(
     },
   };
   const vagrant = labVagrant(rendered, runOptions);
-  if (Object.keys(plan.lab.artifacts).length > 0) {
+  if (plan.nodes.some((n) => n.artifacts.length > 0)) {
     emit({
       type: "step",
       step: "artifacts",

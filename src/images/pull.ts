@@ -4,7 +4,7 @@ import { join } from "node:path";
 import pMap from "p-map";
 import pRetry from "p-retry";
 import type { Dispatcher } from "undici";
-import type { PullProgress } from "../artifacts/cache.js";
+import { sha256File, type PullProgress } from "../artifacts/cache.js";
 import { K8slabError } from "../errors.js";
 import { writeDockerArchive } from "./archive.js";
 import { blobPath, fetchBlob, sizeOf } from "./blobs.js";
@@ -153,6 +153,17 @@ async function cached(
   const path = imageArchivePath(context.options.cache, digest, ref.repoTag);
   const record = await readArchiveRecord(path);
   if (record === undefined) return undefined;
+  const actual = await sha256File(path);
+  if (actual !== record.sha256) {
+    // Written from verified blobs, so changed since: made again from the registry.
+    context.report({
+      name: ref.input,
+      event: "damaged",
+      message: `sha256 ${actual}, expected ${record.sha256}`,
+    });
+    await rm(path, { force: true });
+    return undefined;
+  }
   context.report({ name: ref.input, event: "cached", total: record.size });
   return { name: ref.input, ...record, path, downloaded: false, pinned };
 }
@@ -170,7 +181,10 @@ async function pullOne(ref: ImageRef, context: Context): Promise<PulledImage> {
   context.report({ name: ref.input, event: "start" });
   const top = await manifest(ref, source, known ?? ref.tag, context, pinned === "recorded");
   const digest = top.digest;
-  if (!known) await recordImagePin(cache, ref.repoTag, digest);
+  if (!known) {
+    await recordImagePin(cache, ref.repoTag, digest);
+    context.report({ name: ref.input, event: "resolved", sha256: digest });
+  }
   const hit = known ? undefined : await cached(ref, digest, pinned, context);
   if (hit) return hit;
 

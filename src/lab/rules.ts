@@ -1,6 +1,7 @@
 import type { Lab, Role } from "./schema.js";
 import { ruleError, ruleWarning, type RuleProblem } from "./problems.js";
 import type { Rule } from "./validate-yaml.js";
+import { ADDON_IMAGES, cachedImages } from "../plan/plan.js";
 import {
   broadcast,
   contains,
@@ -38,6 +39,7 @@ export const LAB_RULES: readonly Rule<Lab>[] = [
   checkRoles,
   checkArtifacts,
   checkAddonImages,
+  checkImageSources,
 ];
 
 function checkCidrShapes(lab: Lab): RuleProblem[] {
@@ -276,11 +278,38 @@ function checkArtifacts(lab: Lab): RuleProblem[] {
   return problems;
 }
 
-/** The images each addon's manifest runs. */
-const ADDON_IMAGES = {
-  "kube-dns": ["kubeDns", "dnsmasq", "dnsSidecar"],
-  dashboard: ["dashboard"],
-} as const;
+/** Names the lab's images are served under are not free for artifacts; hyperkube needs its program. */
+function checkImageSources(lab: Lab): RuleProblem[] {
+  const problems: RuleProblem[] = [];
+  const images = new Set(cachedImages(lab).map((a) => a.name));
+  for (const name of Object.keys(lab.artifacts).filter((n) => images.has(n))) {
+    problems.push(
+      err(
+        `artifacts.${name}`,
+        `the name ${name} is the one the host serves an image under`,
+        "name the artifact otherwise",
+      ),
+    );
+  }
+  const programs = Object.values(lab.artifacts).flatMap((a) =>
+    a.kind === "binary" ? [] : Object.values(a.install),
+  );
+  const binaries = Object.entries(lab.artifacts).filter(([, a]) => a.kind === "binary");
+  if (
+    lab.images.build.includes("hyperkube") &&
+    !programs.includes("hyperkube") &&
+    !binaries.some(([name]) => name === "hyperkube")
+  ) {
+    problems.push(
+      warn(
+        "images.build",
+        "the control plane's hyperkube image is built from a hyperkube program, and no artifact installs one: the docker phase looks for hyperkube on the master's PATH and stops without it",
+        "install it from the Kubernetes server archive (install: kubernetes/server/bin/hyperkube: hyperkube), or remove hyperkube from images.build to get the image from the host cache",
+      ),
+    );
+  }
+  return problems;
+}
 
 function checkAddonImages(lab: Lab): RuleProblem[] {
   return lab.addons.flatMap((addon) =>

@@ -28,6 +28,20 @@ const ENV_NAME = /^[A-Z_][A-Z0-9_]{0,63}$/;
 /** Relative or absolute paths made of ordinary characters only. */
 const PLAIN_PATH = /^[A-Za-z0-9._~/-]{1,255}$/;
 const SHA256 = /^[a-f0-9]{64}$/;
+/** A registry host[:port] with an optional path: gcr.io/google_containers, 10.0.0.5:5000. */
+const REGISTRY_PATH =
+  /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*(:\d{1,5})?(\/[a-z0-9]+([._-][a-z0-9]+)*)*$/;
+const PRELOAD_NAME = /^[a-z][a-z0-9-]{0,23}$/;
+
+/** The tag of an image reference ("" when it has none). */
+export function imageTag(ref: string): string {
+  const name = ref.replace(/@sha256:[a-f0-9]{64}$/, "");
+  const colon = name.lastIndexOf(":");
+  return colon > name.lastIndexOf("/") ? name.slice(colon + 1) : "";
+}
+
+/** Images the nodes can make from their own programs (images.build). */
+export const BUILT_IMAGES = ["hyperkube", "pause"] as const;
 
 const ipv4 = z.string().regex(IPV4, "must be an IPv4 address such as 192.168.56.10");
 const cidr = z.string().regex(CIDR, "must be an IPv4 CIDR such as 10.1.0.0/16");
@@ -192,8 +206,42 @@ export const labSchema = z
         dnsmasq: image.optional(),
         dnsSidecar: image.optional(),
         dashboard: image.optional(),
+        build: z
+          .array(z.enum(BUILT_IMAGES))
+          .default(["hyperkube"])
+          .refine((b) => new Set(b).size === b.length, "must not repeat")
+          .describe(
+            "Images made on the nodes from their own programs instead of coming from the host cache: hyperkube from the hyperkube program an artifact installs; pause as an init (tini, or a shell that reaps and exits on SIGTERM) in front of sleep, for a lab with no registry at all.",
+          ),
+        preload: z
+          .record(
+            z.string().regex(PRELOAD_NAME, "must be a plain name such as busybox"),
+            image.refine(
+              (ref) => !["", "latest"].includes(imageTag(ref)),
+              "needs a tag other than latest: the kubelet pulls a :latest image on every start",
+            ),
+          )
+          .default({})
+          .describe(
+            "Other images every node gets from the host cache, by a name of your choosing: what the workshop's own pods run. Pods use the reference as written (without its digest).",
+          ),
+        mirrors: z
+          .record(
+            z
+              .string()
+              .regex(REGISTRY_PATH, "must be a registry host[:port], optionally with a path"),
+            z
+              .string()
+              .regex(REGISTRY_PATH, "must be a registry host[:port], optionally with a path"),
+          )
+          .default({})
+          .describe(
+            "Where to fetch a registry's images from instead, e.g. gcr.io/google_containers: registry.k8s.io. Images keep the names the manifests use.",
+          ),
       })
-      .describe("Container images the cluster runs."),
+      .describe(
+        "Container images the cluster runs. Each comes from its registry once per host (k8slab cache pull), into the cache, and is served to the nodes and loaded there: the nodes never pull.",
+      ),
     cluster: z.strictObject({
       podNetwork: cidr.describe("flannel's network; every node gets a subnet of it."),
       podSubnetLength: z.number().int().min(16).max(28).default(24),

@@ -2,7 +2,7 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import {
   cacheDir,
-  pullArtifacts,
+  pullLabDownloads,
   serveArtifacts,
   type PulledArtifact,
   type PullProgress,
@@ -55,18 +55,18 @@ export function labVagrant(open: OpenLab, options: LabRunOptions): Vagrant {
   });
 }
 
-/** Download (once per host) and verify every artifact of the lab. */
+/** Download (once per host) and verify every artifact and image of the lab: what its nodes fetch. */
 export async function pullLabArtifacts(
   plan: LabPlan,
   options: LabRunOptions,
 ): Promise<PulledArtifact[]> {
-  if (Object.keys(plan.lab.artifacts).length === 0) return [];
-  return pullArtifacts(plan.lab, {
+  const { artifacts, images } = await pullLabDownloads(plan.lab, {
     cache: cacheDir(options.env),
     labRef: options.labRef,
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onDownload ? { onProgress: options.onDownload } : {}),
   });
+  return [...artifacts, ...images];
 }
 
 /** Run `fn` with these artifacts served to the lab's VMs (when there are any); env for provisioners. */

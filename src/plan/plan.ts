@@ -48,7 +48,11 @@ export interface LabPlan {
   apiServerUrl: string;
   /** Where a node finds the files of its phase on the VM. */
   paths: typeof VM_PATHS;
+  /** The names Docker knows the cluster's images by: the lab's references without a digest. */
+  images: ImageNames;
 }
+
+export type ImageNames = { [K in ImageKey]: Lab["images"][K] };
 
 /** Fixed locations inside the VMs. */
 export const VM_PATHS = {
@@ -95,13 +99,74 @@ function phasesFor(node: LabNode, lab: Lab): Phase[] {
   });
 }
 
-export type PlannedArtifact = Lab["artifacts"][string] & { name: string };
+export type PlannedArtifact = Lab["artifacts"][string] & {
+  name: string;
+  /** For an image from the host cache: the name Docker knows it by once loaded (url: docker://<reference>). */
+  image?: string;
+};
 
-/** The artifacts a node fetches: those without a role filter, and those for one of its roles. */
+/** The references of the cluster's images in the lab file. */
+const IMAGE_KEYS = ["hyperkube", "pause", "kubeDns", "dnsmasq", "dnsSidecar", "dashboard"] as const;
+export type ImageKey = (typeof IMAGE_KEYS)[number];
+
+/** The images each addon's manifest runs. */
+export const ADDON_IMAGES = {
+  "kube-dns": ["kubeDns", "dnsmasq", "dnsSidecar"],
+  dashboard: ["dashboard"],
+} as const satisfies Record<Lab["addons"][number], readonly ImageKey[]>;
+
+/** The name Docker gives an image loaded from a docker-archive: the reference without its digest. */
+export function imageName(ref: string): string {
+  return ref.replace(/@sha256:[a-f0-9]{64}$/, "");
+}
+
+/** What the host serves an image's archive as: image-pause, image-kube-dns, image-preload-web. */
+export function imageArtifactName(key: ImageKey | { preload: string }): string {
+  if (typeof key === "object") return `image-preload-${key.preload}`;
+  return `image-${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/**
+ * The images the nodes get from the host cache, as artifacts of kind image: pause (unless the
+ * nodes build it), hyperkube for the control-plane node (unless it is built there from the
+ * hyperkube program), the images of the lab's addons, and the lab's preloaded images.
+ */
+export function cachedImages(lab: Lab): PlannedArtifact[] {
+  const entry = (name: string, ref: string, roles?: Role[]): PlannedArtifact => ({
+    name,
+    url: `docker://${ref}`,
+    image: imageName(ref),
+    kind: "image",
+    install: {},
+    ...(roles ? { roles } : {}),
+  });
+  const keys: ImageKey[] = [
+    ...(lab.images.build.includes("pause") ? [] : (["pause"] as const)),
+    ...lab.addons.flatMap((addon) => ADDON_IMAGES[addon]),
+  ];
+  return [
+    ...(lab.images.build.includes("hyperkube")
+      ? []
+      : [entry(imageArtifactName("hyperkube"), lab.images.hyperkube, ["control-plane"])]),
+    ...keys.flatMap((key) => {
+      const ref = lab.images[key];
+      return ref ? [entry(imageArtifactName(key), ref)] : [];
+    }),
+    ...Object.entries(lab.images.preload).map(([name, ref]) =>
+      entry(imageArtifactName({ preload: name }), ref),
+    ),
+  ];
+}
+
+/**
+ * The artifacts a node fetches: those without a role filter, and those for one of its roles;
+ * then the images it loads from the host cache.
+ */
 export function artifactsFor(node: LabNode, lab: Lab): PlannedArtifact[] {
-  return Object.entries(lab.artifacts)
-    .filter(([, a]) => !a.roles || a.roles.some((r) => node.roles.includes(r)))
-    .map(([name, a]) => ({ ...a, name }));
+  return [
+    ...Object.entries(lab.artifacts).map(([name, a]) => ({ ...a, name })),
+    ...cachedImages(lab),
+  ].filter((a) => !a.roles || a.roles.some((r) => node.roles.includes(r)));
 }
 
 /** Derive the plan. The lab must already be valid (exactly one control-plane node). */
@@ -133,6 +198,12 @@ export function planLab(lab: Lab): LabPlan {
     apiServiceIp: nthAddress(parseCidr(lab.cluster.serviceNetwork), 1),
     apiServerUrl: `https://${master.ip}:${PORTS.apiServer}`,
     paths: VM_PATHS,
+    images: Object.fromEntries(
+      IMAGE_KEYS.flatMap((key) => {
+        const ref = lab.images[key];
+        return ref ? [[key, imageName(ref)]] : [];
+      }),
+    ) as ImageNames,
   };
 }
 

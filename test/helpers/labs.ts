@@ -21,6 +21,19 @@ export function editedLab(
   return doc.toString();
 }
 
+/**
+ * Edits that make a built-in lab download nothing, for tests with no registry and no internet:
+ * no artifacts, the pause image made on the nodes, no addons (whose images come from a registry).
+ */
+export const OFFLINE: [path: (string | number)[], value: unknown][] = [
+  [["artifacts"], {}],
+  [
+    ["images", "build"],
+    ["hyperkube", "pause"],
+  ],
+  [["addons"], []],
+];
+
 export function problemsOf(text: string, file = "lab.yaml"): Problem[] {
   return validateLabText(file, text).problems;
 }

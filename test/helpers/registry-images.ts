@@ -118,3 +118,45 @@ export class OciLayout {
     await writeFile(join(this.dir, "oci-layout"), JSON.stringify({ imageLayoutVersion: "1.0.0" }));
   }
 }
+
+/**
+ * Put an image into a k8slab cache as a pull would have left it (a docker-archive of one tiny
+ * layer, its record, and the pin of its tag), so that a lab naming `ref` needs no registry: the
+ * cache's use of an image, not the pull, is what such a test is about.
+ */
+export async function seedCachedImage(cache: string, ref: string): Promise<string> {
+  const { imageArchivePath } = await import("../../src/images/index.js");
+  const { recordImagePin } = await import("../../src/images/pins.js");
+  const layerTar = await tarOf({ "stand-in": `${ref}\n` });
+  const layer = gzipSync(layerTar);
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: "amd64",
+      os: "linux",
+      rootfs: { type: "layers", diff_ids: [sha256(layerTar)] },
+    }),
+  );
+  const manifest = Buffer.from(
+    JSON.stringify([{ Config: "config.json", RepoTags: [ref], Layers: ["layer.tar.gz"] }]),
+  );
+  const archive = await tarOf({
+    "config.json": config,
+    "layer.tar.gz": layer,
+    "manifest.json": manifest,
+  });
+  const digest = sha256(Buffer.from(`manifest of ${ref}`));
+  const path = imageArchivePath(cache, digest, ref);
+  await mkdir(join(path, ".."), { recursive: true });
+  await writeFile(path, archive);
+  const record = {
+    repoTag: ref,
+    digest,
+    manifestDigest: digest,
+    imageId: sha256(config),
+    size: archive.length,
+    sha256: sha256(archive).slice("sha256:".length),
+  };
+  await writeFile(`${path}.json`, `${JSON.stringify(record, null, 2)}\n`);
+  await recordImagePin(cache, ref, digest);
+  return path;
+}

@@ -19,7 +19,9 @@ export function cacheCommand(ctx: CliContext): Command {
   );
   cache
     .command("pull")
-    .description("download every artifact a lab lists into the cache and verify its sha256")
+    .description(
+      "download every artifact a lab lists into the cache and verify its sha256, and pull every image its nodes run (linux/amd64, by digest) from its registry",
+    )
     .argument("<lab>", "a built-in lab name or a path to a lab file")
     .option(
       "--pin",
@@ -36,7 +38,10 @@ export function cacheCommand(ctx: CliContext): Command {
       });
       if (opts.json) return printJson(ctx, result);
       for (const w of result.warnings) say(ctx, formatProblem(w));
-      say(ctx, `${result.artifacts.length} artifacts ready in ${result.cache}`);
+      say(
+        ctx,
+        `${result.artifacts.length} artifacts and ${result.images.length} images ready in ${result.cache}`,
+      );
     });
   cache
     .command("dir")

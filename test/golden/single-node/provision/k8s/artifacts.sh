@@ -75,17 +75,20 @@ bin=/opt/k8slab/bin
 files=/opt/k8slab/files
 install -d -m 0755 "$cache" "$bin" "$files"
 
-# fetch NAME SHA256: leave a verified copy in $cache/NAME; SHA256 may be empty for a pinned one.
+# fetch NAME SHA256: leave a verified copy in $cache/NAME. SHA256 is empty for a pinned artifact
+# and for an image: the host says which file it serves now (an image re-pulled at a new digest is
+# fetched again), and without a host the copy here is checked against its own record.
 fetch() {
   local name=$1 sha=$2 dest="$cache/$1"
-  if [ -z "$sha" ] && [ -f "$dest.sha256" ]; then sha=$(cat "$dest.sha256"); fi
+  if [ -z "$sha" ] && [ -n "$base_url" ]; then
+    sha=$(curl -fsS --max-time 30 "$base_url/$name.sha256") || die "cannot get the checksum of $name from $base_url"
+  elif [ -z "$sha" ] && [ -f "$dest.sha256" ]; then
+    sha=$(cat "$dest.sha256")
+  fi
   if [ -n "$sha" ] && [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --status; then
     return 0
   fi
   [ -n "$base_url" ] || die "artifact $name is not on this VM and no host serves it; run: k8slab provision single-node --phase artifacts (it serves the host's cache)"
-  if [ -z "$sha" ]; then
-    sha=$(curl -fsS --max-time 30 "$base_url/$name.sha256") || die "cannot get the checksum of $name from $base_url"
-  fi
   log "fetching $name from the host"
   curl -fsS --retry 3 --connect-timeout 10 --max-time 1800 -o "$dest.part" "$base_url/$name" ||
     die "cannot fetch $name from $base_url; is k8slab still serving? (k8slab cache pull single-node)"
@@ -151,4 +154,15 @@ unpack docker \
   docker/docker-init docker-init \
   docker/docker-proxy docker-proxy
 
+# image-pause (image)
+fetch image-pause ''
+
+# image-kube-dns (image)
+fetch image-kube-dns ''
+
+# image-dnsmasq (image)
+fetch image-dnsmasq ''
+
+# image-dns-sidecar (image)
+fetch image-dns-sidecar ''
 log "done"

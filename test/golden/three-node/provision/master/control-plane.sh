@@ -75,7 +75,8 @@ ensure_service() {
 manifests=/etc/kubernetes/manifests
 install -d -m 0755 "$manifests"
 docker_bin=$(need_bin docker)
-image_id=$("$docker_bin" image inspect -f '{{ .Id }}' gcr.io/google_containers/hyperkube:v1.9.3 2>/dev/null || echo "from-registry")
+image_id=$("$docker_bin" image inspect -f '{{ .Id }}' gcr.io/google_containers/hyperkube:v1.9.3 2>/dev/null) ||
+  die "image gcr.io/google_containers/hyperkube:v1.9.3 is not in Docker; the docker phase puts it there (k8slab provision three-node --phase docker)"
 # static_pod NAME < manifest: written with the image's ID in place of @IMAGE_ID@.
 static_pod() { sed "s|@IMAGE_ID@|${image_id}|" | put_file "$manifests/$1.yaml" 0644; }
 

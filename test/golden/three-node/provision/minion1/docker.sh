@@ -128,11 +128,29 @@ for _ in $(seq 1 100); do
 done
 timeout 10 "$docker_bin" info >/dev/null 2>&1 || die "docker does not answer; see: journalctl -u docker"
 
-# Images come from the host too: image artifacts are loaded once; the control plane's hyperkube
-# image and the pod infrastructure image are built here from local programs when no registry
-# copy is present, so the cluster needs no registry at all.
+# Images come from the host: each archive the host pulled from its registry once (k8slab cache
+# pull) is loaded once per checksum; this node never pulls. The images in images.build are made
+# here from local programs instead.
 marks=/var/lib/k8slab
 install -d -m 0755 "$marks"
+# load_image NAME [IMAGE]: docker load the artifact NAME unless this very archive (by sha256) was
+# loaded; then IMAGE must be in Docker by that name.
+load_image() {
+  local name=$1 image=${2:-} archive="/var/cache/k8slab/$1" mark="$marks/image-$1.loaded" sha
+  sha=$(cat "$archive.sha256")
+  if [ "$(cat "$mark" 2>/dev/null || true)" != "$sha" ]; then
+    "$docker_bin" load -i "$archive" >/dev/null || die "docker load of $name failed; see: journalctl -u docker"
+    echo "$sha" >"$mark"
+    log "image $name loaded"
+  fi
+  [ -z "$image" ] || "$docker_bin" image inspect "$image" >/dev/null 2>&1 ||
+    die "image $image is not in Docker after loading $name; run: k8slab cache pull three-node, then this phase again"
+}
+load_image image-pause gcr.io/google_containers/pause-amd64:3.1
+load_image image-kube-dns gcr.io/google_containers/k8s-dns-kube-dns-amd64:1.14.7
+load_image image-dnsmasq gcr.io/google_containers/k8s-dns-dnsmasq-nanny-amd64:1.14.7
+load_image image-dns-sidecar gcr.io/google_containers/k8s-dns-sidecar-amd64:1.14.7
+load_image image-dashboard k8s.gcr.io/kubernetes-dashboard-amd64:v1.8.0
 # build_image IMAGE ENTRYPOINT-JSON DEST=SOURCE...: an image holding just these programs (each
 # SOURCE at DEST) and the libraries they link. What went into it (names, sizes and times of the
 # files: put_file rewrites a program only when it changed) is a label, so a changed program or
@@ -169,14 +187,4 @@ build_image() {
 # What an interrupted build left.
 rm -rf "$marks"/image.*
 
-# The pod infrastructure ("pause") container: an init that reaps orphans and exits on SIGTERM
-# (tini, shipped with Docker as docker-init) in front of a sleep. Without one, sleep alone.
-sleep_bin=$(command -v sleep)
-init_bin=$(command -v /opt/k8slab/bin/docker-init docker-init tini-static tini 2>/dev/null | head -n1 || true)
-if [ -n "$init_bin" ]; then
-  build_image gcr.io/google_containers/pause-amd64:3.1 '["/init","--","/sleep","infinity"]' "/init=$init_bin" "/sleep=$sleep_bin"
-else
-  log "note: no docker-init or tini here; the pause container is a plain sleep"
-  build_image gcr.io/google_containers/pause-amd64:3.1 '["/sleep","infinity"]' "/sleep=$sleep_bin"
-fi
 log "done"
