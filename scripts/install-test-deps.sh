@@ -15,6 +15,8 @@ packages=(
   util-linux extlinux syslinux-common fdisk e2fsprogs
   # container images: a registry server in a network namespace, and skopeo to push and inspect
   docker-registry skopeo
+  # programs for the e2e's test images (a pause stand-in and a workload), pushed to that registry
+  tini busybox-static
   # the Pi side: cloud-init's own schema validator and network renderer for the user-data and
   # network-config flash-config writes, ansible-inventory for its inventory
   cloud-init ansible-core

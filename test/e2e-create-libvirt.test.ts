@@ -7,12 +7,15 @@
  *
  * Everything runs inside a network namespace (and private libvirtd) the test creates; the
  * release archives are made from the fixtures in the official layouts and served by a server
- * inside that namespace, as a user would point a lab at a mirror. Minutes long: only with
- * K8SLAB_E2E=1 (`npm run test:e2e`, which CI runs).
+ * inside that namespace, as a user would point a lab at a mirror. Container images come from a
+ * real registry (test/helpers/registry.ts) cabled to that namespace: `cache pull` fetches them
+ * into one cache, `cache export` writes the bundle, the cable is cut, and `cache import` fills
+ * the empty cache that `create` then uses (the box goes through `vagrant box add`). Minutes long:
+ * only with K8SLAB_E2E=1 (`npm run test:e2e`, which CI runs).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cliArgv } from "./helpers/cli-process.js";
@@ -29,6 +32,8 @@ import {
   type K8sFixtures,
 } from "./helpers/k8s-fixtures.js";
 import { editedLab } from "./helpers/labs.js";
+import { OciLayout } from "./helpers/registry-images.js";
+import { skopeoAuth, startTestRegistry, type TestRegistry } from "./helpers/registry.js";
 
 const E2E = process.env.K8SLAB_E2E === "1";
 const why = E2E ? ((await libvirtAvailable()).reason ?? k8sFixturesMissing()) : undefined;
@@ -39,6 +44,10 @@ const CREATE_TIMEOUT_MS = 90 * 60_000;
 const STEP_TIMEOUT_MS = 300_000;
 const SERVER_PORT = 8099;
 const IPS = { master: "192.168.56.165", minion1: "192.168.56.166", minion2: "192.168.56.167" };
+/** The pods' image: a name no registry answers for, which the lab maps to the test registry. */
+const WEB_IMAGE = "k8slab-e2e.example/busybox:1";
+/** The seed's pause image, also mapped (images.mirrors) to the test registry. */
+const PAUSE_IMAGE = "gcr.io/google_containers/pause-amd64:3.1";
 
 const timings: string[] = [];
 function timed(step: string, since: number): void {
@@ -79,7 +88,14 @@ describe.skipIf(!E2E)(
     let server: ChildProcess | undefined;
     let fixtures: K8sFixtures;
     let work = "";
-    const cli = async (args: string[], timeoutMs = STEP_TIMEOUT_MS): Promise<LibvirtExecResult> => {
+    let registry: TestRegistry | undefined;
+    let registryRoot = "";
+    let cable: { ip: string; detach(): Promise<void> } | undefined;
+    const cli = async (
+      args: string[],
+      timeoutMs = STEP_TIMEOUT_MS,
+      extraEnv: Record<string, string> = {},
+    ): Promise<LibvirtExecResult> => {
       const [node, ...rest] = cliArgv();
       return env!.exec(node!, [...rest, ...args], {
         cwd: work,
@@ -88,6 +104,7 @@ describe.skipIf(!E2E)(
           K8SLAB_DEADLINE_SCALE: DEADLINE_SCALE,
           CI: "1",
           NO_COLOR: "1",
+          ...extraEnv,
         },
         timeoutMs,
         onLine: (line) => console.error(`[k8slab ${args[0]}] ${line}`),
@@ -156,8 +173,46 @@ describe.skipIf(!E2E)(
         });
         server!.once("exit", (code) => reject(new Error(`archive server exited with ${code}`)));
       });
+      // A registry with test images that stand in for the real ones (which cannot be had here):
+      // a pause container (tini in front of a sleep) under the seed's pause path, and the pods'
+      // image (static busybox) as a manifest list for amd64 and arm64.
+      t = Date.now();
+      registryRoot = await mkdtemp(join(tmpdir(), "k8slab-e2e-registry-"));
+      registry = await startTestRegistry(registryRoot);
+      cable = await registry.attach(env.netns);
+      const layout = new OciLayout(join(registryRoot, "oci"));
+      const busybox = await readFile("/bin/busybox");
+      const pause = await layout.image({
+        label: "pause stand-in",
+        layers: [{ pause: await readFile("/usr/bin/tini-static"), "bin/busybox": busybox }],
+        entrypoint: ["/pause", "--", "/bin/busybox", "sleep", "2147483647"],
+      });
+      const web = await layout.image({
+        label: "web",
+        layers: [{ "bin/busybox": busybox, "bin/sh": busybox }],
+      });
+      const webArm = await layout.image({
+        label: "web arm64",
+        architecture: "arm64",
+        layers: [{ "etc/arch": "arm64\n" }],
+      });
+      await layout.tag("pause", pause);
+      await layout.tag("web", await layout.index([webArm, web]));
+      const push = (tag: string, dest: string, extra: string[] = []) =>
+        registry!.skopeo([
+          "copy",
+          "--quiet",
+          ...extra,
+          ...skopeoAuth(registry!, "dest-"),
+          `oci:${layout.dir}:${tag}`,
+          `docker://${registry!.host}/${dest}`,
+        ]);
+      await push("pause", "google_containers/pause-amd64:3.1", ["--format=v2s2"]);
+      await push("web", "k8slab-e2e/busybox:1", ["--all"]);
+      timed("test registry started and cabled to the namespace, test images pushed", t);
       // What a user would write to point the seed's lab at a mirror: the test box (Debian 12 with
-      // Docker and etcd 3.4), software emulation, and the release archives from the server.
+      // Docker and etcd 3.4), software emulation, the release archives from the server, and the
+      // images from the registry under the names the cluster uses.
       const served = (a: K8sFixtures["archives"][keyof K8sFixtures["archives"]]) => ({
         url: `http://127.0.0.1:${SERVER_PORT}/${a.file}`,
         sha256: a.sha256,
@@ -169,6 +224,16 @@ describe.skipIf(!E2E)(
           [["box"], { name: BOX }],
           [["provider"], { name: "libvirt", libvirt: { driver: "qemu" } }],
           [["nodes", 0, "cpus"], 1],
+          // kube-dns and the dashboard are not run here (their images cannot be had).
+          [["addons"], []],
+          [["images", "preload"], { web: WEB_IMAGE }],
+          [
+            ["images", "mirrors"],
+            {
+              "gcr.io/google_containers": `${registry.host}/google_containers`,
+              "k8slab-e2e.example": `${registry.host}/k8slab-e2e`,
+            },
+          ],
           [
             ["artifacts"],
             {
@@ -183,6 +248,8 @@ describe.skipIf(!E2E)(
     afterAll(async () => {
       try {
         server?.kill("SIGTERM");
+        await registry?.destroy();
+        if (registryRoot) await rm(registryRoot, { recursive: true, force: true });
         await env?.stop();
         expect(await env?.leftovers()).toEqual([]);
       } finally {
@@ -190,6 +257,67 @@ describe.skipIf(!E2E)(
         console.error(timings.join("\n"));
       }
     }, 600_000);
+
+    it(
+      "images go registry -> cache; the bundle of that cache fills an empty one with the registry cut off",
+      async () => {
+        const online = join(work, "cache-online");
+        const trustRegistry = {
+          NODE_EXTRA_CA_CERTS: join(registryRoot, "pki", "ca.pem"),
+          K8SLAB_CACHE: online,
+        };
+        let t = Date.now();
+        const pull = await cli(
+          ["cache", "pull", "three-node.yaml"],
+          STEP_TIMEOUT_MS,
+          trustRegistry,
+        );
+        timed("cache pull (archives from the server, images from the registry)", t);
+        expect(pull.exitCode, await explain(pull)).toBe(0);
+        expect(pull.all).toContain(`${PAUSE_IMAGE}: resolved to sha256:`);
+        expect(pull.all).toContain(`${WEB_IMAGE}: downloaded and verified`);
+        expect(pull.all).toMatch(/2 artifacts and 2 images ready/);
+        t = Date.now();
+        const exported = await cli(
+          ["cache", "export", "three-node.yaml", "bundle.tar"],
+          STEP_TIMEOUT_MS,
+          trustRegistry,
+        );
+        timed("cache export (artifacts, images, the box)", t);
+        expect(exported.exitCode, await explain(exported)).toBe(0);
+        expect(exported.all).toMatch(/2 artifacts, 2 images, box k8slab-test\/bookworm/);
+        const size = (await stat(join(work, "bundle.tar"))).size;
+        timings.push(`[e2e]   bundle for the three-node lab: ${(size / 1e6).toFixed(1)} MB`);
+
+        // Cut the namespace off the registry: from here on nothing in it can reach it.
+        await cable!.detach();
+        const route = await env!.exec("ip", ["route", "get", registry!.host.split(":")[0]!], {
+          timeoutMs: 30_000,
+        });
+        expect(route.exitCode, route.all).not.toBe(0);
+        expect(route.all).toMatch(/unreachable/i);
+        // The empty cache and a Vagrant without the box: the bundle must bring both.
+        const removed = await env!.exec("vagrant", ["box", "remove", "--force", BOX], {
+          cwd: work,
+          timeoutMs: 180_000,
+        });
+        expect(removed.exitCode, await explain(removed)).toBe(0);
+        t = Date.now();
+        const imported = await cli(["cache", "import", "bundle.tar"]);
+        timed("cache import (verified, into an empty cache; vagrant box add)", t);
+        expect(imported.exitCode, await explain(imported)).toBe(0);
+        expect(imported.all).toMatch(/imported 2 artifacts and 2 images .*; box added to Vagrant/);
+        const boxes = await env!.exec("vagrant", ["box", "list"], {
+          cwd: work,
+          timeoutMs: 120_000,
+        });
+        expect(boxes.stdout).toContain(BOX);
+        console.error(
+          "[e2e] the images are test images from a local registry, standing in for the real pause and addon images, which cannot be had here",
+        );
+      },
+      3 * STEP_TIMEOUT_MS,
+    );
 
     it(
       "create boots three VMs and provisions them until every node is Ready",
@@ -217,6 +345,9 @@ describe.skipIf(!E2E)(
         expect(run.all).toMatch(/stage control-plane \(.*\): done .*API server \/healthz: ok/);
         expect(run.all).toMatch(/stage nodes \(.*\): done .*all 3 nodes Ready/);
         expect(run.all).toMatch(/checks via https/);
+        // Everything came from the imported cache: not a download, not a registry request.
+        expect(run.all).not.toMatch(/downloading|resolved to/);
+        expect(run.all).toContain(`${WEB_IMAGE}: in the cache, sha256 verified`);
         const state = JSON.parse(await readFile(join(work, "lab", "state.json"), "utf8")) as {
           stages: Record<string, unknown>;
           phases: Record<string, Record<string, unknown>>;
@@ -224,7 +355,7 @@ describe.skipIf(!E2E)(
         expect(Object.keys(state.stages)).toEqual(["etcd", "network", "control-plane", "nodes"]);
         expect(Object.keys(state.phases).sort()).toEqual(["master", "minion1", "minion2"]);
         console.error(
-          "[e2e] the addons stage is not run here: kube-dns and the dashboard come from a registry, which these machines cannot reach (the images issue covers it)",
+          "[e2e] the addons stage is not run here: the kube-dns and dashboard images cannot be had here (test images stand in for them below)",
         );
       },
       CREATE_TIMEOUT_MS + 60_000,
@@ -259,9 +390,24 @@ describe.skipIf(!E2E)(
       STEP_TIMEOUT_MS,
     );
 
-    it("pods on both minions ping each other over flannel and reach each other through a Service", async () => {
+    it("pods on both minions, from the registry's image via the host cache, ping each other over flannel and reach each other through a Service", async () => {
       let t = Date.now();
-      // An image built in each minion from local programs (busybox, in the box): no registry.
+      // The image each minion runs is the one the cache holds: Docker's image ID is the config
+      // digest the registry served. And no VM can reach the registry.
+      const cache = join(work, "cache", "images");
+      const records = await Promise.all(
+        (await readdir(cache, { recursive: true }))
+          .filter((f) => f.endsWith(".tar.json"))
+          .map(
+            async (f) =>
+              JSON.parse(await readFile(join(cache, f), "utf8")) as {
+                repoTag: string;
+                imageId: string;
+              },
+          ),
+      );
+      const webRecord = records.find((r) => r.repoTag === WEB_IMAGE);
+      expect(webRecord, JSON.stringify(records)).toBeDefined();
       for (const minion of ["minion1", "minion2"]) {
         const r = await cli(
           [
@@ -270,15 +416,16 @@ describe.skipIf(!E2E)(
             "--dir",
             "lab",
             "-c",
-            "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/www; cp /bin/busybox $d/bin/; ln -s busybox $d/bin/sh; " +
-              "echo hello from $(hostname) > $d/www/index.html; " +
-              "sudo tar -C $d -c . | sudo docker import - k8slab-e2e/busybox:1; rm -rf $d",
+            `sudo docker image inspect -f '{{.Id}}' ${WEB_IMAGE}; ` +
+              `curl -sk --max-time 10 https://${registry!.host}/v2/ >/dev/null; echo "registry curl exit $?"`,
           ],
           STEP_TIMEOUT_MS,
         );
         expect(r.exitCode, await explain(r)).toBe(0);
+        expect(r.stdout).toContain(webRecord!.imageId);
+        expect(r.stdout).toMatch(/registry curl exit (7|28)\b/);
       }
-      timed("busybox image built on both minions", t);
+      timed("both minions hold the cached image and cannot reach the registry", t);
       const pod = (name: string, node: string) => ({
         apiVersion: "v1",
         kind: "Pod",
@@ -288,9 +435,13 @@ describe.skipIf(!E2E)(
           containers: [
             {
               name: "web",
-              image: "k8slab-e2e/busybox:1",
-              imagePullPolicy: "Never",
-              command: ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+              image: WEB_IMAGE,
+              env: [{ name: "NODE", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } }],
+              command: [
+                "/bin/sh",
+                "-c",
+                "/bin/busybox mkdir -p /www && echo hello from $NODE > /www/index.html && exec /bin/busybox httpd -f -p 80 -h /www",
+              ],
               ports: [{ containerPort: 80 }],
             },
           ],

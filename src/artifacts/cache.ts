@@ -76,7 +76,8 @@ const PINS_FILE = "pins.json";
 const SHA256 = /^[0-9a-f]{64}$/;
 const pinsSchema = z.record(z.string(), z.string().regex(SHA256, "not a sha256"));
 
-async function readPins(cache: string): Promise<Record<string, string>> {
+/** The sha256 recorded on first downloads, by URL. */
+export async function readPins(cache: string): Promise<Record<string, string>> {
   const file = join(cache, PINS_FILE);
   return (
     (await readJsonFile(file, pinsSchema, {
@@ -86,7 +87,8 @@ async function readPins(cache: string): Promise<Record<string, string>> {
   );
 }
 
-async function recordPin(cache: string, url: string, sha256: string): Promise<void> {
+export async function recordPin(cache: string, url: string, sha256: string): Promise<void> {
+  await mkdir(cache, { recursive: true });
   const pins = { ...(await readPins(cache)), [url]: sha256 };
   await writeFileAtomic(join(cache, PINS_FILE), `${JSON.stringify(pins, null, 2)}\n`, 0o644);
 }

@@ -1,6 +1,6 @@
 import type { PullProgress } from "./cache.js";
 
-const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+export const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
 
 /**
  * What a person reads about a download, one line per event (`cache pull` and `create` say the
@@ -8,7 +8,7 @@ const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
  * returned function is stateful (per artifact); undefined means "nothing worth a line".
  */
 export function downloadNarrator(interactive: boolean): (p: PullProgress) => string | undefined {
-  const lastDecile = new Map<string, number>();
+  const progress = progressLines(interactive);
   return (p) => {
     switch (p.event) {
       case "cached":
@@ -25,13 +25,25 @@ export function downloadNarrator(interactive: boolean): (p: PullProgress) => str
         return `${p.name}: ${p.message ?? "retrying"}`;
       case "done":
         return `${p.name}: downloaded and verified (${mb(p.received ?? 0)})`;
-      case "progress": {
-        if (!p.total) return undefined;
-        const decile = Math.floor(((p.received ?? 0) / p.total) * 10);
-        if (!interactive && decile === lastDecile.get(p.name)) return undefined;
-        lastDecile.set(p.name, decile);
-        return `${p.name}: ${mb(p.received ?? 0)} of ${mb(p.total)}`;
-      }
+      case "progress":
+        return progress(p.name, p.received ?? 0, p.total);
     }
+  };
+}
+
+/**
+ * "name: 12.0 MB of 400.0 MB" for a transfer of known size: every time on a terminal, at most
+ * once per 10% of each name otherwise (a log stays short). Stateful; undefined: no line.
+ */
+export function progressLines(
+  interactive: boolean,
+): (name: string, done: number, total: number | undefined) => string | undefined {
+  const lastDecile = new Map<string, number>();
+  return (name, done, total) => {
+    if (!total) return undefined;
+    const decile = Math.floor((done / total) * 10);
+    if (!interactive && decile === lastDecile.get(name)) return undefined;
+    lastDecile.set(name, decile);
+    return `${name}: ${mb(done)} of ${mb(total)}`;
   };
 }

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
-import { readFile, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import pMap from "p-map";
 import pRetry from "p-retry";
 import type { Dispatcher } from "undici";
@@ -72,7 +72,7 @@ export interface PulledImage {
   pinned: "reference" | "recorded" | "resolved";
 }
 
-type ArchiveRecord = Pick<
+export type ArchiveRecord = Pick<
   PulledImage,
   "repoTag" | "digest" | "manifestDigest" | "imageId" | "size" | "sha256"
 >;
@@ -81,6 +81,47 @@ type ArchiveRecord = Pick<
 export function imageArchivePath(cache: string, digest: string, repoTag: string): string {
   const file = repoTag.replace(/[^A-Za-z0-9._-]/g, "_");
   return join(cache, "images", digest.slice("sha256:".length), `${file}.tar`);
+}
+
+/** An image's archive in the cache and what is known of it. */
+export interface CachedImage {
+  /** The reference as given. */
+  name: string;
+  path: string;
+  record: ArchiveRecord;
+}
+
+/**
+ * The archive the cache holds for an image reference, found without the network: by the digest
+ * the reference pins, else the one recorded for its tag; undefined when the cache has none.
+ */
+export async function findCachedImage(cache: string, input: string): Promise<CachedImage | undefined> {
+  const ref = parseImageRef(input);
+  const digest = ref.digest ?? (await readImagePins(cache))[ref.repoTag];
+  if (digest === undefined) return undefined;
+  const path = imageArchivePath(cache, digest, ref.repoTag);
+  const record = await readArchiveRecord(path);
+  return record && { name: input, path, record };
+}
+
+/**
+ * Put a verified archive into the cache as a pull leaves it (the file is moved, then its record
+ * written: a record without its archive never exists), and record the tag's digest when the
+ * reference has none. Returns where it went.
+ */
+export async function storeImageArchive(
+  cache: string,
+  input: string,
+  record: ArchiveRecord,
+  file: string,
+): Promise<string> {
+  const ref = parseImageRef(input);
+  const path = imageArchivePath(cache, record.digest, ref.repoTag);
+  await mkdir(dirname(path), { recursive: true });
+  await rename(file, path);
+  await writeFile(recordPath(path), `${JSON.stringify(record, null, 2)}\n`);
+  if (!ref.digest) await recordImagePin(cache, ref.repoTag, record.digest);
+  return path;
 }
 
 function recordPath(archive: string): string {

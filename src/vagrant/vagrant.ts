@@ -296,6 +296,11 @@ export class Vagrant {
     return Number(value);
   }
 
+  /** Add a box from a catalog metadata file (which names its version and a local .box file). */
+  async boxAdd(metadataFile: string): Promise<void> {
+    await this.run(["box", "add", metadataFile], { label: "box-add" });
+  }
+
   async destroy(): Promise<void> {
     await this.run(["destroy", "--force"], { label: "destroy" });
   }

@@ -62,6 +62,8 @@ export class OciLayout {
     architecture?: string;
     /** Ends up in the config, so otherwise equal images differ. */
     label: string;
+    /** What a container of it runs (default: Cmd /bin/true). */
+    entrypoint?: string[];
   }): Promise<TestImage> {
     const tars = await Promise.all(options.layers.map(tarOf));
     const layers = await Promise.all(
@@ -74,7 +76,10 @@ export class OciLayout {
         JSON.stringify({
           ...platform,
           created: "2024-01-01T00:00:00Z",
-          config: { Cmd: ["/bin/true"], Labels: { "k8slab.test": options.label } },
+          config: {
+            ...(options.entrypoint ? { Entrypoint: options.entrypoint } : { Cmd: ["/bin/true"] }),
+            Labels: { "k8slab.test": options.label },
+          },
           rootfs: { type: "layers", diff_ids: diffIds },
           // One history entry per layer: skopeo needs them to write schema 1.
           history: tars.map((_, i) => ({

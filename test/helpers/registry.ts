@@ -1,13 +1,15 @@
 /**
  * A real Docker registry (Debian's docker-registry, distribution 2.8) for tests, inside a network
  * namespace of its own (test/helpers/netns.ts). One veth pair cables the test's side to that
- * network on a link-local /30 that exists only for this test, so the test process (and skopeo)
- * reach the registry directly and nothing else. Two registry processes serve one storage directory:
+ * network on a link-local /29 that exists only for this test, so the test process (and skopeo)
+ * reach the registry directly and nothing else; attach() cables one more namespace of the test's.
+ * Two registry processes serve one storage directory:
  *
  * - `host` (port 5000): TLS from a test CA and token authentication. Its token service runs in the
- *   test process on 127.0.0.1 and signs JWTs (ES256, x5c chain) with a key whose certificate the
- *   test CA issued and the registry trusts (`auth.token.rootcertbundle`). Anonymous clients may
- *   pull everything but `private/*`; alice may pull everything; pusher may push.
+ *   test process, on our end of the veth, and signs JWTs (ES256, x5c chain) with a key whose
+ *   certificate the test CA issued and the registry trusts (`auth.token.rootcertbundle`).
+ *   Anonymous clients may pull everything but `private/*`; alice may pull everything; pusher may
+ *   push.
  * - `basicHost` (port 5001): TLS and htpasswd (HTTP basic) authentication for alice.
  *
  * Everything started here is stopped by `destroy()` (and when the process exits).
@@ -51,7 +53,7 @@ export interface TestRegistry {
   basicHost: string;
   /** The namespace end of the veth pair. */
   ip: string;
-  /** 127.0.0.1:port of the token service. */
+  /** host:port of the token service (on the test's end of the veth). */
   tokenHost: string;
   caPem: string;
   /** A temp directory for the test's own files (readable by skopeo). */
@@ -67,6 +69,11 @@ export interface TestRegistry {
   storedBlob(digest: string): string;
   /** The registries' access and error log so far. */
   log(): Promise<string>;
+  /**
+   * Cable another network namespace (one the test made) to the registry's network: it gets the
+   * address `ip` on a link reg0, and reaches the registry and its token service, until detach().
+   */
+  attach(netns: string): Promise<{ ip: string; detach(): Promise<void> }>;
   destroy(): Promise<void>;
 }
 
@@ -84,23 +91,27 @@ async function requireTools(): Promise<void> {
   }
 }
 
-/** A link-local /30 no interface of the host uses yet; .1 is ours, .2 the namespace's. */
-function freeSubnet(): { local: string; remote: string } {
+/**
+ * A link-local /29 no interface of the host uses yet: .1 is ours, .2 the registry's, .3 for a
+ * network namespace attached to it (attach()).
+ */
+function freeSubnet(): { local: string; remote: string; extra: string } {
   const used = execFileSync("ip", ["-o", "-4", "addr", "show"], {
     encoding: "utf8",
     timeout: 10_000,
   });
   for (let i = 0; i < 64; i++) {
-    const n = (process.pid * 7 + i * 131) % 16_000;
-    let third = 1 + Math.floor(n / 64);
+    const n = (process.pid * 7 + i * 131) % 8_000;
+    let third = 1 + Math.floor(n / 32);
     if (third === 169) third = 251; // keep clear of 169.254.169.254
     const base = `169.254.${third}.`;
-    const fourth = (n % 64) * 4;
-    if (!used.includes(`${base}${fourth + 1}/`) && !used.includes(`${base}${fourth + 2}/`)) {
-      return { local: `${base}${fourth + 1}`, remote: `${base}${fourth + 2}` };
+    const first = (n % 32) * 8;
+    const ips = [1, 2, 3].map((k) => `${base}${first + k}`);
+    if (ips.every((ip) => !used.includes(`${ip}/`))) {
+      return { local: ips[0]!, remote: ips[1]!, extra: ips[2]! };
     }
   }
-  throw new Error("no free 169.254.x.y/30 for the test registry");
+  throw new Error("no free 169.254.x.y/29 for the test registry");
 }
 
 function serverSpec(name: string, ips: string[]): CertSpec {
@@ -136,6 +147,7 @@ async function startTokenService(
   certPem: string,
   tls: { key: string; cert: string },
   requests: TokenRequest[],
+  address: string,
 ): Promise<{ server: Server; port: number }> {
   const key = createPrivateKey(keyPem);
   const x5c = [new X509Certificate(certPem).raw.toString("base64")];
@@ -180,7 +192,7 @@ async function startTokenService(
       res.writeHead(500).end(String(error));
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  await new Promise<void>((resolve) => server.listen(0, address, resolve));
   return { server, port: (server.address() as AddressInfo).port };
 }
 
@@ -209,11 +221,19 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
   await requireTools();
   await chmod(root, 0o755);
   const veth = `k8sreg${process.pid % 1_000_000}`;
-  const { local, remote } = freeSubnet();
+  const { local, remote, extra } = freeSubnet();
+  const attachments = new Set<string>();
   let net: NetnsNetwork | undefined;
   let token: Server | undefined;
 
   const destroy = async (): Promise<void> => {
+    for (const link of attachments) {
+      await execa("ip", ["-n", net!.bridgeNs, "link", "del", link], {
+        reject: false,
+        timeout: 15_000,
+      });
+    }
+    attachments.clear();
     token?.closeAllConnections();
     await new Promise<void>((resolve) => (token ? token.close(() => resolve()) : resolve()));
     token = undefined;
@@ -225,7 +245,7 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
     // The registry's namespace on a bridge (createNetnsNetwork), and our veth into that bridge.
     net = await createNetnsNetwork({
       prefix: `k8slab-reg${process.pid}-`,
-      prefixLength: 30,
+      prefixLength: 29,
       hosts: [{ name: "registry", ip: remote }],
     });
     const inBridge = (args: string[]) =>
@@ -237,7 +257,7 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
     );
     await inBridge(["link", "set", "host0", "master", "br0"]);
     await inBridge(["link", "set", "host0", "up"]);
-    await execa("ip", ["addr", "add", `${local}/30`, "dev", veth], { timeout: 15_000 });
+    await execa("ip", ["addr", "add", `${local}/29`, "dev", veth], { timeout: 15_000 });
     await execa("ip", ["link", "set", veth, "up"], { timeout: 15_000 });
 
     // A test CA, the registry's serving certificate, the token service's, and the token signer.
@@ -257,7 +277,7 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
       };
     };
     const registryTls = issue(serverSpec("registry", [remote, "127.0.0.1"]));
-    const tokenTls = issue(serverSpec("token-service", ["127.0.0.1"]));
+    const tokenTls = issue(serverSpec("token-service", [local]));
     const signer = issue(serverSpec("token-signer", []));
 
     const pki = join(root, "pki");
@@ -270,7 +290,14 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
     await writeFile(join(pki, "htpasswd"), `alice:${bcrypt.hashSync(USERS.alice, 4)}\n`);
 
     const tokenRequests: TokenRequest[] = [];
-    const tokenService = await startTokenService(signer.key, signer.cert, tokenTls, tokenRequests);
+    // On our end of the veth: whoever reaches the registry reaches its token service.
+    const tokenService = await startTokenService(
+      signer.key,
+      signer.cert,
+      tokenTls,
+      tokenRequests,
+      local,
+    );
     token = tokenService.server;
 
     const storage = join(root, "registry-storage");
@@ -294,7 +321,7 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
     const configs = {
       token: config(5000, {
         token: {
-          realm: `https://127.0.0.1:${tokenService.port}/token`,
+          realm: `https://${local}:${tokenService.port}/token`,
           service: SERVICE,
           issuer: ISSUER,
           rootcertbundle: join(pki, "ca.pem"),
@@ -342,7 +369,7 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
     await mkdir(skopeoHome);
     await chmod(skopeoHome, 0o777);
 
-    const tokenHost = `127.0.0.1:${tokenService.port}`;
+    const tokenHost = `${local}:${tokenService.port}`;
     return {
       host,
       basicHost,
@@ -395,6 +422,41 @@ export async function startTestRegistry(root: string): Promise<TestRegistry> {
         );
       },
       log: () => readFile(logFile, "utf8"),
+      async attach(netns) {
+        const link = `k8sra${attachments.size}`;
+        await execa(
+          "ip",
+          [
+            "link",
+            "add",
+            link,
+            "netns",
+            net!.bridgeNs,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "reg0",
+            "netns",
+            netns,
+          ],
+          { timeout: 15_000 },
+        );
+        attachments.add(link);
+        await inBridge(["link", "set", link, "master", "br0"]);
+        await inBridge(["link", "set", link, "up"]);
+        const inNs = (args: string[]) => execa("ip", ["-n", netns, ...args], { timeout: 15_000 });
+        await inNs(["addr", "add", `${extra}/29`, "dev", "reg0"]);
+        await inNs(["link", "set", "reg0", "up"]);
+        return {
+          ip: extra,
+          async detach() {
+            // Deleting one end of the pair deletes both, and with it the namespace's route.
+            await inBridge(["link", "del", link]);
+            attachments.delete(link);
+          },
+        };
+      },
       destroy,
     };
   } catch (error) {
