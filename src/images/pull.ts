@@ -95,7 +95,10 @@ export interface CachedImage {
  * The archive the cache holds for an image reference, found without the network: by the digest
  * the reference pins, else the one recorded for its tag; undefined when the cache has none.
  */
-export async function findCachedImage(cache: string, input: string): Promise<CachedImage | undefined> {
+export async function findCachedImage(
+  cache: string,
+  input: string,
+): Promise<CachedImage | undefined> {
   const ref = parseImageRef(input);
   const digest = ref.digest ?? (await readImagePins(cache))[ref.repoTag];
   if (digest === undefined) return undefined;
