@@ -32,7 +32,7 @@ import {
   type K8sFixtures,
 } from "./helpers/k8s-fixtures.js";
 import { editedLab } from "./helpers/labs.js";
-import { OciLayout } from "./helpers/registry-images.js";
+import { pushStandInImages } from "./helpers/registry-images.js";
 import { skopeoAuth, startTestRegistry, type TestRegistry } from "./helpers/registry.js";
 
 const E2E = process.env.K8SLAB_E2E === "1";
@@ -174,41 +174,12 @@ describe.skipIf(!E2E)(
         server!.once("exit", (code) => reject(new Error(`archive server exited with ${code}`)));
       });
       // A registry with test images that stand in for the real ones (which cannot be had here):
-      // a pause container (tini in front of a sleep) under the seed's pause path, and the pods'
-      // image (static busybox) as a manifest list for amd64 and arm64.
+      // a pause container under the seed's pause path, and the pods' image as a manifest list.
       t = Date.now();
       registryRoot = await mkdtemp(join(tmpdir(), "k8slab-e2e-registry-"));
       registry = await startTestRegistry(registryRoot);
       cable = await registry.attach(env.netns);
-      const layout = new OciLayout(join(registryRoot, "oci"));
-      const busybox = await readFile("/bin/busybox");
-      const pause = await layout.image({
-        label: "pause stand-in",
-        layers: [{ pause: await readFile("/usr/bin/tini-static"), "bin/busybox": busybox }],
-        entrypoint: ["/pause", "--", "/bin/busybox", "sleep", "2147483647"],
-      });
-      const web = await layout.image({
-        label: "web",
-        layers: [{ "bin/busybox": busybox, "bin/sh": busybox }],
-      });
-      const webArm = await layout.image({
-        label: "web arm64",
-        architecture: "arm64",
-        layers: [{ "etc/arch": "arm64\n" }],
-      });
-      await layout.tag("pause", pause);
-      await layout.tag("web", await layout.index([webArm, web]));
-      const push = (tag: string, dest: string, extra: string[] = []) =>
-        registry!.skopeo([
-          "copy",
-          "--quiet",
-          ...extra,
-          ...skopeoAuth(registry!, "dest-"),
-          `oci:${layout.dir}:${tag}`,
-          `docker://${registry!.host}/${dest}`,
-        ]);
-      await push("pause", "google_containers/pause-amd64:3.1", ["--format=v2s2"]);
-      await push("web", "k8slab-e2e/busybox:1", ["--all"]);
+      await pushStandInImages(registry, skopeoAuth(registry, "dest-"), join(registryRoot, "oci"));
       timed("test registry started and cabled to the namespace, test images pushed", t);
       // What a user would write to point the seed's lab at a mirror: the test box (Debian 12 with
       // Docker and etcd 3.4), software emulation, the release archives from the server, and the

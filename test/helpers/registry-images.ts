@@ -165,3 +165,52 @@ export async function seedCachedImage(cache: string, ref: string): Promise<strin
   await recordImagePin(cache, ref, digest);
   return path;
 }
+
+/**
+ * The test images that stand in for real ones (which cannot be had here), pushed to a test
+ * registry: a pause container (tini in front of a sleep, from Debian's tini and busybox-static)
+ * as a Docker schema 2 image at google_containers/pause-amd64:3.1, and a workload image (static
+ * busybox as /bin/busybox and /bin/sh) as a manifest list for amd64 and arm64 at
+ * k8slab-e2e/busybox:1. Returns those repository paths on the registry.
+ */
+export async function pushStandInImages(
+  registry: {
+    host: string;
+    skopeo(args: readonly string[]): Promise<string>;
+  },
+  auth: string[],
+  layoutDir: string,
+): Promise<{ pause: string; web: string }> {
+  const { readFile } = await import("node:fs/promises");
+  const layout = new OciLayout(layoutDir);
+  const busybox = await readFile("/bin/busybox");
+  const pause = await layout.image({
+    label: "pause stand-in",
+    layers: [{ pause: await readFile("/usr/bin/tini-static"), "bin/busybox": busybox }],
+    entrypoint: ["/pause", "--", "/bin/busybox", "sleep", "2147483647"],
+  });
+  const web = await layout.image({
+    label: "web",
+    layers: [{ "bin/busybox": busybox, "bin/sh": busybox }],
+  });
+  const webArm = await layout.image({
+    label: "web arm64",
+    architecture: "arm64",
+    layers: [{ "etc/arch": "arm64\n" }],
+  });
+  await layout.tag("pause", pause);
+  await layout.tag("web", await layout.index([webArm, web]));
+  const paths = { pause: "google_containers/pause-amd64:3.1", web: "k8slab-e2e/busybox:1" };
+  const push = (tag: string, dest: string, extra: string[]) =>
+    registry.skopeo([
+      "copy",
+      "--quiet",
+      ...extra,
+      ...auth,
+      `oci:${layout.dir}:${tag}`,
+      `docker://${registry.host}/${dest}`,
+    ]);
+  await push("pause", paths.pause, ["--format=v2s2"]);
+  await push("web", paths.web, ["--all"]);
+  return paths;
+}
