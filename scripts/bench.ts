@@ -4,8 +4,10 @@
  *   cost (scripts/bench-startup.ts; needs `npm run build`; 10 runs unless --runs);
  * - pki: ensurePki for the three-node lab (fresh directory, and a re-run that reuses everything)
  *   next to an openssl-CLI baseline that generates the same keys and certificates;
- * - images: image pulls from a local registry (root and network namespaces).
- * All by default; `npm run bench -- --only startup` (or pki, images, comma-separated) for some,
+ * - images: image pulls from a local registry (root and network namespaces);
+ * - bundle: `cache pull`, `cache export` (with the bundle's size) and `cache import` of the
+ *   three-node lab, as processes, against a local archive server and registry.
+ * All by default; `npm run bench -- --only startup` (or pki, images, bundle) for some,
  * `npm run bench -- --runs 7` for more runs.
  */
 import { execFile } from "node:child_process";
@@ -166,7 +168,7 @@ function row(label: string, s: Stats): string {
   return `${label.padEnd(44)} median ${f(s.median)}   min ${f(s.min)}   max ${f(s.max)}`;
 }
 
-const BENCHES = ["startup", "pki", "images"] as const;
+const BENCHES = ["startup", "pki", "images", "bundle"] as const;
 
 /** `--only startup,pki`: the benchmarks to run (default: all). */
 function parseOnly(argv: readonly string[]): Set<string> {
@@ -297,3 +299,130 @@ async function benchImagePulls(runs: number): Promise<void> {
 }
 
 if (only.has("images")) await benchImagePulls(parseRuns(argv));
+
+/**
+ * The three-node lab's bundle: `k8slab cache pull` into an empty cache (the release archives made
+ * from the real v1.9.3 and v0.10.0 programs, served on 127.0.0.1, and the test images standing in
+ * for pause and a workload, from the test registry), `cache export` and its size, `cache import`
+ * into another empty cache. One run each: these move hundreds of MB. The box is not included (it
+ * would need a Vagrant holding it); the test box's size is shown when it is cached.
+ */
+async function benchBundle(): Promise<void> {
+  const { startTestRegistry, skopeoAuth } = await import("../test/helpers/registry.js");
+  const { pushStandInImages } = await import("../test/helpers/registry-images.js");
+  const { netnsSupport } = await import("../test/helpers/netns.js");
+  const { k8sFixturesMissing, prepareK8sFixtures } =
+    await import("../test/helpers/k8s-fixtures.js");
+  const { editedLab } = await import("../test/helpers/labs.js");
+  const { cliArgv } = await import("../test/helpers/cli-process.js");
+  const { testBoxPath } = await import("../test/helpers/libvirt-env.js");
+  const { createServer } = await import("node:http");
+  const { createReadStream, existsSync } = await import("node:fs");
+  const { stat, readdir } = await import("node:fs/promises");
+  const support = netnsSupport();
+  const missing = k8sFixturesMissing();
+  if (!support.ok || missing) {
+    console.log(`bundle benchmark skipped: ${support.reason ?? missing}`);
+    return;
+  }
+  const fixtures = await prepareK8sFixtures();
+  const server = createServer((req, res) => {
+    const file = join(fixtures.dir, new URL(req.url ?? "/", "http://x").pathname.slice(1));
+    stat(file).then(
+      (st) => {
+        res.writeHead(200, { "content-length": st.size });
+        createReadStream(file).pipe(res);
+      },
+      () => res.writeHead(404).end(),
+    );
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  const root = await mkdtemp(join(tmpdir(), "k8slab-bench-bundle-"));
+  const registry = await startTestRegistry(root);
+  try {
+    const paths = await pushStandInImages(
+      registry,
+      skopeoAuth(registry, "dest-"),
+      join(root, "oci"),
+    );
+    const served = (a: (typeof fixtures.archives)["flannel"]) => ({
+      url: `http://127.0.0.1:${port}/${a.file}`,
+      sha256: a.sha256,
+      install: a.install,
+    });
+    await writeFile(
+      join(root, "three-node.yaml"),
+      editedLab("three-node", [
+        [
+          ["artifacts"],
+          {
+            "kubernetes-server": served(fixtures.archives["kubernetes-server"]),
+            flannel: served(fixtures.archives.flannel),
+          },
+        ],
+        [["addons"], []],
+        [["images", "preload"], { web: `${registry.host}/${paths.web}` }],
+        [
+          ["images", "mirrors"],
+          { "gcr.io/google_containers": `${registry.host}/google_containers` },
+        ],
+      ]),
+    );
+    const cli = (args: string[], cache: string) =>
+      timed(() =>
+        execFileAsync(cliArgv()[0]!, [...cliArgv().slice(1), ...args], {
+          cwd: root,
+          timeout: 1_800_000,
+          env: {
+            ...process.env,
+            K8SLAB_CACHE: join(root, cache),
+            VAGRANT_HOME: join(root, "vagrant-home"),
+            NODE_EXTRA_CA_CERTS: join(root, "pki", "ca.pem"),
+            CI: "1",
+          },
+        }),
+      );
+    const sizeOf = async (dir: string): Promise<number> => {
+      let total = 0;
+      for (const f of await readdir(dir, { recursive: true })) {
+        const st = await stat(join(dir, f));
+        if (st.isFile()) total += st.size;
+      }
+      return total;
+    };
+    const pull = await cli(["cache", "pull", "three-node.yaml"], "cache-a");
+    const artifacts = await sizeOf(join(root, "cache-a", "artifacts"));
+    const images = await sizeOf(join(root, "cache-a", "images"));
+    const exported = await cli(
+      ["cache", "export", "three-node.yaml", "bundle.tar", "--no-box"],
+      "cache-a",
+    );
+    const bundle = (await stat(join(root, "bundle.tar"))).size;
+    const imported = await cli(["cache", "import", "bundle.tar"], "cache-b");
+    const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+    const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+    console.log(
+      "k8slab bundle benchmark: the three-node lab (release archives of the real v1.9.3/v0.10.0 programs from 127.0.0.1, test images from a local registry), 1 run",
+    );
+    console.log(
+      `  cache pull into an empty cache   ${s(pull)} for ${mb(artifacts + images)} (${((artifacts + images) / 1e6 / (pull / 1000)).toFixed(0)} MB/s, process start included)`,
+    );
+    console.log(
+      `  cache export (no box)            ${s(exported)}: bundle ${mb(bundle)} = artifacts ${mb(artifacts)} + images ${mb(images)} + lab file and manifest`,
+    );
+    console.log(`  cache import into an empty cache ${s(imported)} (every file verified)`);
+    const box = await testBoxPath().catch(() => "");
+    if (box && existsSync(box)) {
+      console.log(
+        `  the test box (Debian 12, libvirt) would add ${mb((await stat(box)).size)} to a bundle with --provider libvirt`,
+      );
+    }
+  } finally {
+    server.close();
+    await registry.destroy();
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
+if (only.has("bundle")) await benchBundle();

@@ -33,7 +33,7 @@ function bundleReporter(ctx: CliContext, verb: string): (p: BundleProgress) => v
 
 export function cacheCommand(ctx: CliContext): Command {
   const cache = new Command("cache").description(
-    "the per-user download cache: each artifact is downloaded once per host, verified, and served to the VMs",
+    "the per-user download cache: each artifact and image is downloaded once per host, verified, and served to the VMs; export and import carry a lab's share of it to machines with no internet",
   );
   cache
     .command("pull")
