@@ -10,7 +10,7 @@ import { cachePull, serveArtifacts, type PullProgress } from "../src/artifacts/i
 import { packageRoot } from "../src/util/package-root.js";
 import { cli } from "./helpers/cli.js";
 import { cliArgv } from "./helpers/cli-process.js";
-import { editedLab } from "./helpers/labs.js";
+import { editedLab, OFFLINE } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
 /** A stand-in for the internet on loopback: serves fixture files and counts every request. */
@@ -76,7 +76,7 @@ async function fixtureLab(
     ]),
   );
   const file = join(dir, "lab.yaml");
-  await writeFile(file, editedLab("three-node", [[["artifacts"], entries]]));
+  await writeFile(file, editedLab("three-node", [...OFFLINE, [["artifacts"], entries]]));
   return file;
 }
 
