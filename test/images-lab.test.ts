@@ -313,6 +313,13 @@ describe("what a lab file may say about its images (rules)", () => {
       [["artifacts", "hyperkube"], { url: "https://example.com/hyperkube", kind: "binary" }],
     ]);
     expect(lines(problemsOf(binary))).toEqual([]);
+    // An archive that installs it only on the workers does not count for the master.
+    const workersOnly = editedLab("three-node", [
+      [["artifacts", "kubernetes-server", "roles"], ["worker"]],
+    ]);
+    expect(problemsOf(workersOnly).map((p) => [p.severity, p.path])).toEqual([
+      ["warning", "images.build"],
+    ]);
     // Without hyperkube in images.build, its image comes from the host cache.
     const fromCache = editedLab("three-node", [
       [
@@ -328,8 +335,13 @@ describe("what a lab file may say about its images (rules)", () => {
     const badKey = editedLab("three-node", [
       [["images", "mirrors"], { "Gcr.io/google_containers": "registry.k8s.io" }],
     ]);
-    expect(errorsOf(badKey).map((p) => p.path)).toEqual([
-      "images.mirrors.Gcr.io/google_containers",
+    // The key's own message, at the key (not the value's column).
+    expect(errorsOf(badKey).map((p) => [p.path, p.message, p.col])).toEqual([
+      [
+        "images.mirrors.Gcr.io/google_containers",
+        'key "Gcr.io/google_containers" must be a registry host[:port], optionally with a path',
+        5,
+      ],
     ]);
     const badValue = editedLab("three-node", [
       [["images", "mirrors"], { "gcr.io": "https://registry.k8s.io" }],
@@ -605,9 +617,10 @@ describe.skipIf(pid1Skip !== undefined)(
           "--wd",
           "/bin/sh",
           "-c",
-          "/sleep 601 & exit 0",
+          // Its output goes to /dev/null: holding nsenter's pipes, it would keep execa waiting.
+          "/sleep 601 </dev/null >/dev/null 2>&1 & exit 0",
         ],
-        { timeout: 30_000 },
+        { stdin: "ignore", timeout: 30_000 },
       );
       const orphan = await until(
         `the orphan /sleep 601 as a child of ${h.init}`,
@@ -628,6 +641,24 @@ describe.skipIf(pid1Skip !== undefined)(
       const now = await procOf(p.pid);
       return now !== undefined && now.starttime === p.starttime ? now : undefined;
     };
+
+    it("starts its sleep again when the sleep is killed (a shell with no child would spin)", async () => {
+      const h = await startPid1(await imageRoot(PAUSE_INIT));
+      const sleepChild = async () => {
+        for (const child of await childrenOf(h.init)) {
+          if ((await cmdlineOf(child.pid)).join(" ") === "/sleep infinity") return child;
+        }
+        return undefined;
+      };
+      const first = await until(`the init's /sleep infinity`, 10_000, sleepChild);
+      process.kill(first.pid, "SIGKILL");
+      const second = await until(`a new /sleep infinity under ${h.init}`, 10_000, async () => {
+        const child = await sleepChild();
+        return child && child.pid !== first.pid ? child : undefined;
+      });
+      expect(second.ppid).toBe(h.init);
+      expect(await zombieChildren(h.init)).toEqual([]);
+    });
 
     it("reaps an orphan re-parented to it: no zombie child of the init is left", async () => {
       const h = await startPid1(await imageRoot(PAUSE_INIT));

@@ -195,6 +195,11 @@ async function packBox(dir: string, out: string, signal?: AbortSignal): Promise<
 export async function exportBundle(options: ExportOptions): Promise<ExportResult> {
   const { lab, path: labPath, warnings } = await loadLab(options.lab, { cwd: options.cwd });
   const sources: Source[] = [];
+  // One file per entry: two URLs of the same file, or a tag and its digest, are one file in the
+  // bundle that the manifest lists twice.
+  const addSource = (source: Source): void => {
+    if (!sources.some((s) => s.entry === source.entry)) sources.push(source);
+  };
   const missing: string[] = [];
   const manifest: BundleManifest = {
     format: 1,
@@ -217,7 +222,7 @@ export async function exportBundle(options: ExportOptions): Promise<ExportResult
       continue;
     }
     const entry = `artifacts/${sha256}/${basename(path)}`;
-    sources.push({ entry, path, size, name, sha256 });
+    addSource({ entry, path, size, name, sha256 });
     manifest.artifacts.push({ name, url: artifact.url, file: entry, size, sha256 });
   }
 
@@ -232,7 +237,7 @@ export async function exportBundle(options: ExportOptions): Promise<ExportResult
       }
       const { record, path } = found;
       const entry = `images/${record.digest.slice("sha256:".length)}/${basename(path)}`;
-      sources.push({ entry, path, size: record.size, name: ref, sha256: record.sha256 });
+      addSource({ entry, path, size: record.size, name: ref, sha256: record.sha256 });
       manifest.images.push({ ref, ...record, file: entry });
     }
   }
@@ -468,10 +473,18 @@ export async function importBundle(options: ImportOptions): Promise<ImportResult
       });
     }
 
+    // A file the manifest lists twice (two uses of one file) is moved once.
+    const moved = new Set<string>();
+    const take = (file: string): string | undefined => {
+      if (moved.has(file)) return undefined;
+      moved.add(file);
+      return at(file);
+    };
     for (const a of manifest.artifacts) {
       const target = artifactPath(cache, a.sha256, a.url);
+      const from = take(a.file);
       await mkdir(dirname(target), { recursive: true });
-      await rename(at(a.file), target);
+      if (from) await rename(from, target);
       const declared = lab.artifacts[a.name]?.sha256;
       if (declared !== a.sha256) await recordPin(cache, a.url, a.sha256);
     }
@@ -484,7 +497,7 @@ export async function importBundle(options: ImportOptions): Promise<ImportResult
         size: i.size,
         sha256: i.sha256,
       };
-      await storeImageArchive(cache, i.ref, record, at(i.file));
+      await storeImageArchive(cache, i.ref, record, take(i.file));
     }
     const labsDir = join(cache, "labs");
     await mkdir(labsDir, { recursive: true });

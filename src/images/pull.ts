@@ -110,18 +110,19 @@ export async function findCachedImage(
 /**
  * Put a verified archive into the cache as a pull leaves it (the file is moved, then its record
  * written: a record without its archive never exists), and record the tag's digest when the
- * reference has none. Returns where it went.
+ * reference has none. `file` undefined: the archive is in place already (another reference to the
+ * same image moved it). Returns where it is.
  */
 export async function storeImageArchive(
   cache: string,
   input: string,
   record: ArchiveRecord,
-  file: string,
+  file: string | undefined,
 ): Promise<string> {
   const ref = parseImageRef(input);
   const path = imageArchivePath(cache, record.digest, ref.repoTag);
   await mkdir(dirname(path), { recursive: true });
-  await rename(file, path);
+  if (file !== undefined) await rename(file, path);
   await writeFile(recordPath(path), `${JSON.stringify(record, null, 2)}\n`);
   if (!ref.digest) await recordImagePin(cache, ref.repoTag, record.digest);
   return path;

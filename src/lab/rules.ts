@@ -291,19 +291,18 @@ function checkImageSources(lab: Lab): RuleProblem[] {
       ),
     );
   }
-  const programs = Object.values(lab.artifacts).flatMap((a) =>
-    a.kind === "binary" ? [] : Object.values(a.install),
+  // Programs the control-plane node gets: archive members it installs, binaries by their name.
+  const onMaster = Object.entries(lab.artifacts).filter(
+    ([, a]) => !a.roles || a.roles.includes("control-plane"),
   );
-  const binaries = Object.entries(lab.artifacts).filter(([, a]) => a.kind === "binary");
-  if (
-    lab.images.build.includes("hyperkube") &&
-    !programs.includes("hyperkube") &&
-    !binaries.some(([name]) => name === "hyperkube")
-  ) {
+  const programs = onMaster.flatMap(([name, a]) =>
+    a.kind === "binary" ? [name] : Object.values(a.install),
+  );
+  if (lab.images.build.includes("hyperkube") && !programs.includes("hyperkube")) {
     problems.push(
       warn(
         "images.build",
-        "the control plane's hyperkube image is built from a hyperkube program, and no artifact installs one: the docker phase looks for hyperkube on the master's PATH and stops without it",
+        "the control plane's hyperkube image is built from a hyperkube program, and no artifact installs one on the control-plane node: the docker phase looks for hyperkube on the master's PATH and stops without it",
         "install it from the Kubernetes server archive (install: kubernetes/server/bin/hyperkube: hyperkube), or remove hyperkube from images.build to get the image from the host cache",
       ),
     );

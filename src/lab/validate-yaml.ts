@@ -109,6 +109,18 @@ function fromZodIssue(source: YamlSource, root: z.ZodType, issue: z.core.$ZodIss
       };
     });
   }
+  if (issue.code === "invalid_key") {
+    // A record key the key schema refused: its own messages, at the key.
+    const messages = [...new Set(issue.issues.map((inner) => tidy(inner.message)))];
+    return [
+      {
+        ...base,
+        ...source.locate(issue.path, { key: true }),
+        path: dotted(issue.path),
+        message: `key ${JSON.stringify(String(issue.path.at(-1)))} ${messages.join("; ")}`,
+      },
+    ];
+  }
   const missing = issue.code === "invalid_type" && /received undefined/.test(issue.message);
   const guess =
     issue.code === "invalid_value"
