@@ -1,7 +1,7 @@
 import { loadLab } from "../lab/load.js";
 import type { Problem } from "../lab/problems.js";
 import type { Lab } from "../lab/schema.js";
-import { cachedImages } from "../plan/plan.js";
+import { cachedImages, imageReference } from "../plan/plan.js";
 import {
   cacheDir,
   pullArtifacts,
@@ -30,7 +30,7 @@ export async function pullLabDownloads(lab: Lab, options: PullOptions): Promise<
   const wanted = cachedImages(lab);
   if (wanted.length === 0) return { artifacts, images: [] };
   const { pullImages } = await import("../images/index.js");
-  const refs = wanted.map((a) => a.url.slice("docker://".length));
+  const refs = wanted.map(imageReference);
   const pulled = await pullImages(refs, {
     cache: options.cache,
     mirrors: lab.images.mirrors,

@@ -14,7 +14,7 @@ import { loadLab, validateLabText } from "../lab/load.js";
 import { formatProblem, type Problem } from "../lab/problems.js";
 import { PROVIDERS, type ProviderName } from "../lab/providers.js";
 import type { Lab } from "../lab/schema.js";
-import { boxFor, cachedImages } from "../plan/plan.js";
+import { boxFor, cachedImages, imageReference } from "../plan/plan.js";
 import { Vagrant } from "../vagrant/vagrant.js";
 import { findInstalledBox } from "./boxes.js";
 
@@ -226,7 +226,7 @@ export async function exportBundle(options: ExportOptions): Promise<ExportResult
     manifest.artifacts.push({ name, url: artifact.url, file: entry, size, sha256 });
   }
 
-  const refs = [...new Set(cachedImages(lab).map((a) => a.url.slice("docker://".length)))];
+  const refs = [...new Set(cachedImages(lab).map(imageReference))];
   if (refs.length > 0) {
     const { findCachedImage } = await import("../images/index.js");
     for (const ref of refs) {

@@ -126,6 +126,13 @@ export function imageArtifactName(key: ImageKey | { preload: string }): string {
   return `image-${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }
 
+const IMAGE_URL = "docker://";
+
+/** The image reference a cached image's artifact stands for (its url is docker://<reference>). */
+export function imageReference(artifact: PlannedArtifact): string {
+  return artifact.url.slice(IMAGE_URL.length);
+}
+
 /**
  * The images the nodes get from the host cache, as artifacts of kind image: pause (unless the
  * nodes build it), hyperkube for the control-plane node (unless it is built there from the
@@ -134,7 +141,7 @@ export function imageArtifactName(key: ImageKey | { preload: string }): string {
 export function cachedImages(lab: Lab): PlannedArtifact[] {
   const entry = (name: string, ref: string, roles?: Role[]): PlannedArtifact => ({
     name,
-    url: `docker://${ref}`,
+    url: `${IMAGE_URL}${ref}`,
     image: imageName(ref),
     kind: "image",
     install: {},
