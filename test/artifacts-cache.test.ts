@@ -2,8 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
-import { connect, type AddressInfo } from "node:net";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { execa } from "execa";
 import { cachePull, serveArtifacts, type PullProgress } from "../src/artifacts/index.js";
@@ -12,41 +11,7 @@ import { cli } from "./helpers/cli.js";
 import { cliArgv } from "./helpers/cli-process.js";
 import { editedLab, OFFLINE } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
-
-/** A stand-in for the internet on loopback: serves fixture files and counts every request. */
-interface Upstream {
-  base: string;
-  hits: Map<string, number>;
-  files: Map<string, Buffer>;
-  /** Paths that answer 500 this many more times before they work. */
-  failures: Map<string, number>;
-  server: Server;
-}
-
-async function startUpstream(): Promise<Upstream> {
-  const hits = new Map<string, number>();
-  const files = new Map<string, Buffer>();
-  const failures = new Map<string, number>();
-  const server = createServer((req, res) => {
-    const path = req.url ?? "/";
-    hits.set(path, (hits.get(path) ?? 0) + 1);
-    const left = failures.get(path) ?? 0;
-    if (left > 0) {
-      failures.set(path, left - 1);
-      res.writeHead(500).end("try again");
-      return;
-    }
-    const body = files.get(path);
-    if (!body) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    res.writeHead(200, { "content-length": body.length }).end(body);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  return { base: `http://127.0.0.1:${port}`, hits, files, failures, server };
-}
+import { closeUpstream, startUpstream, type Upstream } from "./helpers/upstream.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const tmp = useTmpDirs();
@@ -56,8 +21,7 @@ beforeAll(async () => {
   upstream = await startUpstream();
 });
 afterAll(async () => {
-  upstream.server.closeAllConnections();
-  await new Promise((resolve) => upstream.server.close(resolve));
+  await closeUpstream(upstream);
 });
 
 /** A three-node lab whose artifacts come from the loopback upstream. */

@@ -10,8 +10,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
-import { connect, type AddressInfo } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -25,6 +24,7 @@ import { netnsSupport } from "./helpers/netns.js";
 import { OciLayout, tarOf } from "./helpers/registry-images.js";
 import { skopeoAuth, startTestRegistry, type TestRegistry } from "./helpers/registry.js";
 import { useTmpDirs } from "./helpers/tmp.js";
+import { closeUpstream, startUpstream, type Upstream } from "./helpers/upstream.js";
 
 const support = netnsSupport();
 const vagrant = await findTool("vagrant");
@@ -45,37 +45,6 @@ const PAUSE = "gcr.io/google_containers/pause-amd64:3.1";
 const BIG_BYTES = 320 * 1024 * 1024;
 
 const sha = (b: Buffer | string) => createHash("sha256").update(b).digest("hex");
-
-interface Upstream {
-  server: Server;
-  base: string;
-  files: Map<string, Buffer>;
-  hits: Map<string, number>;
-}
-
-async function startUpstream(): Promise<Upstream> {
-  const files = new Map<string, Buffer>();
-  const hits = new Map<string, number>();
-  const server = createServer((req, res) => {
-    const path = req.url ?? "/";
-    hits.set(path, (hits.get(path) ?? 0) + 1);
-    const body = files.get(path);
-    if (!body) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    res.writeHead(200, { "content-length": body.length }).end(body);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  return { server, base: `http://127.0.0.1:${port}`, files, hits };
-}
-
-async function closeUpstream(upstream: Upstream | undefined): Promise<void> {
-  if (!upstream?.server.listening) return;
-  upstream.server.closeAllConnections();
-  await new Promise((resolve) => upstream.server.close(resolve));
-}
 
 interface Run {
   code: number | undefined;
