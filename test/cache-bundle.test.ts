@@ -246,6 +246,37 @@ describe.skipIf(why !== undefined)("k8slab cache export and cache import (real C
     return readFile(bundle);
   }
 
+  /** The tests' lab: the registry's pause (by the seed's name) and web, app and tool, the box. */
+  function bundleLab(
+    preload: Record<string, string> = {},
+    artifacts: Record<string, object> = {},
+  ): string {
+    return editedLab("single-node", [
+      [["name"], LAB_NAME],
+      ...OFFLINE,
+      [["images", "build"], ["hyperkube"]],
+      [
+        ["images", "mirrors"],
+        { "gcr.io/google_containers": `${registry!.host}/google_containers` },
+      ],
+      [["images", "preload"], { web: webRef, ...preload }],
+      [["box"], { name: BOX }],
+      [["provider"], { name: "libvirt" }],
+      [
+        ["artifacts"],
+        {
+          app: {
+            url: archive.url,
+            sha256: archive.sha256,
+            install: { "bin/hyperkube": "hyperkube" },
+          },
+          tool: { url: tool.url, kind: "binary" },
+          ...artifacts,
+        },
+      ],
+    ]);
+  }
+
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), "k8slab-bundle-"));
     await chmod(work, 0o755); // skopeo reads the caches' archives as nobody
@@ -298,26 +329,7 @@ describe.skipIf(why !== undefined)("k8slab cache export and cache import (real C
     upstream.files.set("/rel/tool", toolBody);
     tool = { url: `${upstream.base}/rel/tool`, sha256: sha(toolBody), body: toolBody };
 
-    labText = editedLab("single-node", [
-      [["name"], LAB_NAME],
-      ...OFFLINE,
-      [["images", "build"], ["hyperkube"]],
-      [["images", "mirrors"], { "gcr.io/google_containers": `${registry.host}/google_containers` }],
-      [["images", "preload"], { web: webRef }],
-      [["box"], { name: BOX }],
-      [["provider"], { name: "libvirt" }],
-      [
-        ["artifacts"],
-        {
-          app: {
-            url: archive.url,
-            sha256: archive.sha256,
-            install: { "bin/hyperkube": "hyperkube" },
-          },
-          tool: { url: tool.url, kind: "binary" },
-        },
-      ],
-    ]);
+    labText = bundleLab();
     labFile = join(work, "lab.yaml");
     await writeFile(labFile, labText);
     cacheA = join(work, "cache-a");
@@ -446,34 +458,17 @@ describe.skipIf(why !== undefined)("k8slab cache export and cache import (real C
     const webDigest = pushed.get("test/web:1")!;
     await writeFile(
       join(dir, "twice.yaml"),
-      editedLab("single-node", [
-        [["name"], LAB_NAME],
-        ...OFFLINE,
-        [["images", "build"], ["hyperkube"]],
-        [
-          ["images", "mirrors"],
-          { "gcr.io/google_containers": `${registry!.host}/google_containers` },
-        ],
-        [["images", "preload"], { web: webRef, pinned: `${webRef}@${webDigest}` }],
-        [["box"], { name: BOX }],
-        [["provider"], { name: "libvirt" }],
-        [
-          ["artifacts"],
-          {
-            app: {
-              url: archive.url,
-              sha256: archive.sha256,
-              install: { "bin/hyperkube": "hyperkube" },
-            },
-            tool: { url: tool.url, sha256: tool.sha256, kind: "binary" },
-            "tool-mirror": {
-              url: `${upstream!.base}/mirror/tool`,
-              sha256: tool.sha256,
-              kind: "binary",
-            },
+      bundleLab(
+        { pinned: `${webRef}@${webDigest}` },
+        {
+          tool: { url: tool.url, sha256: tool.sha256, kind: "binary" },
+          "tool-mirror": {
+            url: `${upstream!.base}/mirror/tool`,
+            sha256: tool.sha256,
+            kind: "binary",
           },
-        ],
-      ]),
+        },
+      ),
     );
     const env = { K8SLAB_CACHE: cacheA, VAGRANT_HOME: vagrantHomeA };
     const exported = await k8slab(
@@ -516,30 +511,10 @@ describe.skipIf(why !== undefined)("k8slab cache export and cache import (real C
     const missingLab = join(dir, "missing.yaml");
     await writeFile(
       missingLab,
-      editedLab("single-node", [
-        [["name"], LAB_NAME],
-        ...OFFLINE,
-        [["images", "build"], ["hyperkube"]],
-        [
-          ["images", "mirrors"],
-          { "gcr.io/google_containers": `${registry!.host}/google_containers` },
-        ],
-        [["images", "preload"], { web: webRef, other: `${registry!.host}/test/never:1` }],
-        [["box"], { name: BOX }],
-        [["provider"], { name: "libvirt" }],
-        [
-          ["artifacts"],
-          {
-            app: {
-              url: archive.url,
-              sha256: archive.sha256,
-              install: { "bin/hyperkube": "hyperkube" },
-            },
-            tool: { url: tool.url, kind: "binary" },
-            extra: { url: `${upstream!.base}/rel/extra`, sha256: "a".repeat(64), kind: "binary" },
-          },
-        ],
-      ]),
+      bundleLab(
+        { other: `${registry!.host}/test/never:1` },
+        { extra: { url: `${upstream!.base}/rel/extra`, sha256: "a".repeat(64), kind: "binary" } },
+      ),
     );
     const out = join(dir, "out");
     await mkdir(out);
