@@ -123,18 +123,20 @@ export function sshCommand(ctx: CliContext): Command {
           hint: `nodes: ${open.plan.nodes.map((n) => n.name).join(", ")}`,
         });
       }
-      const vagrant = (await ops()).labVagrant(open, { env: ctx.env });
-      // Vagrant's exit status is k8slab's: the remote command's, or Vagrant's own failure.
+      const vagrant = (await ops()).labMachines(open, { env: ctx.env });
+      // Vagrant's (or ssh's) exit status is k8slab's: the remote command's, or its own failure.
       const code = opts.command
         ? await vagrant.sshStream(node, opts.command, { stdout: ctx.stdout, stderr: ctx.stderr })
         : await vagrant.sshInteractive(node);
       if (code !== 0) {
+        const tool = vagrant.kind === "ssh" ? "ssh" : "vagrant ssh";
+        const owner = vagrant.kind === "ssh" ? "ssh's (255)" : "Vagrant's";
         throw new K8slabError(
-          `vagrant ssh ${node}${opts.command ? ` -c ${shellQuote(opts.command)}` : ""} exited with code ${code}`,
+          `${tool} ${node}${opts.command ? ` -c ${shellQuote(opts.command)}` : ""} exited with code ${code}`,
           {
             exitCode: code,
             hint: opts.command
-              ? `that is the command's exit status, or Vagrant's when it could not reach ${node} (is it running? k8slab status)`
+              ? `that is the command's exit status, or ${owner} when it could not reach ${node} (is it running? k8slab status)`
               : `is ${node} running? k8slab status`,
           },
         );
@@ -213,7 +215,14 @@ export function destroyCommand(ctx: CliContext): Command {
           return;
         }
         const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
-        const what = `destroy the ${open.plan.nodes.length} VMs of lab ${open.lab.name}${opts.purge ? ` and delete ${open.dir}` : ""}?`;
+        const ssh = open.lab.provider.name === "ssh";
+        if (ssh && !opts.purge) {
+          const { sshDestroyRefusal } = await import("../../ssh/ssh-machines.js");
+          throw sshDestroyRefusal(open.lab.name);
+        }
+        const what = ssh
+          ? `delete ${open.dir} (its PKI, state and logs; the machines of lab ${open.lab.name} stay as they are)?`
+          : `destroy the ${open.plan.nodes.length} VMs of lab ${open.lab.name}${opts.purge ? ` and delete ${open.dir}` : ""}?`;
         if (!opts.force && !(await confirm(ctx, what))) {
           say(ctx, "nothing destroyed");
           return;
@@ -231,7 +240,7 @@ export function destroyCommand(ctx: CliContext): Command {
 export function doctorCommand(ctx: CliContext): Command {
   return new Command("doctor")
     .description(
-      "check the host: Vagrant, the provider, VirtualBox's host-only range, RAM, CPUs, disk and routes",
+      "check the host: Vagrant, the provider, VirtualBox's host-only range, RAM, CPUs, disk and routes; for an SSH lab, each node's login, sudo, architecture, cgroups and kernel",
     )
     .argument("[lab]", "check against this lab's needs (default: three-node)")
     .addOption(
@@ -249,11 +258,14 @@ export function doctorCommand(ctx: CliContext): Command {
         const { loadLab } = await import("../../lab/load.js");
         const { runDoctor } = await import("../../doctor/doctor.js");
         const { lab } = await loadLab(ref ?? "three-node", { cwd: ctx.cwd });
-        const items = await runDoctor({
-          lab,
-          provider: opts.provider ?? lab.provider.name,
-          dir: opts.dir ?? ctx.cwd,
-        });
+        const provider = opts.provider ?? lab.provider.name;
+        // An SSH lab's checks trust the host keys its lab directory recorded (known_hosts).
+        const { findLabDir } = await import("../../lifecycle/open-lab.js");
+        const dir =
+          provider === "ssh"
+            ? await findLabDir({ cwd: ctx.cwd, lab: ref ?? "three-node", dir: opts.dir })
+            : (opts.dir ?? ctx.cwd);
+        const items = await runDoctor({ lab, provider, dir });
         if (opts.json) printJson(ctx, { checks: items });
         else {
           for (const i of items) {
