@@ -69,6 +69,7 @@ const sshPort = z.number().int().min(1).max(65535);
 const sshIdentity = z
   .string()
   .regex(PLAIN_PATH, "must be a plain path such as ~/.ssh/id_ed25519")
+  .regex(/^(~\/|\/)/, "must be an absolute path or start with ~/")
   .describe("The private key to log in with; without it, ssh's agent and default keys are used.");
 const SSH_HOST =
   /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3})$/;

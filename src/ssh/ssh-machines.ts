@@ -84,7 +84,7 @@ export function sshLogin(
     identityFile:
       identity === undefined
         ? undefined
-        : identity === "~" || identity.startsWith("~/")
+        : identity.startsWith("~/")
           ? join(home, identity.slice(1))
           : identity,
     connectTimeoutSeconds: lab.ssh.connectTimeoutSeconds,
@@ -181,7 +181,6 @@ export class SshMachines implements Machines {
     const runner = this.options.runner ?? runCommand;
     try {
       const result = await runner("ssh", args, {
-        cwd: this.options.dir,
         env: { ...this.options.env },
         timeoutMs: opts.timeoutMs,
         ...(opts.inputFile ? { inputFile: opts.inputFile } : {}),
@@ -387,7 +386,6 @@ export class SshMachines implements Machines {
 
   private attached(args: string[], io: { stdout: Writable; stderr: Writable }) {
     return runAttached("ssh", args, {
-      cwd: this.options.dir,
       env: this.options.env,
       io,
       signal: this.options.signal,
