@@ -111,10 +111,10 @@ describe.skipIf(!available.ok)(
       if (work) await rm(work, { recursive: true, force: true });
     });
 
-    const k8slab = (args: string[], timeout = 480_000) =>
+    const k8slab = (args: string[], timeout = 480_000, extra: Record<string, string> = {}) =>
       execa("ip", ["netns", "exec", cluster.bridgeNetns, ...CLI, ...args], {
         cwd: work,
-        env,
+        env: { ...env, ...extra },
         extendEnv: false,
         reject: false,
         all: true,
@@ -267,6 +267,29 @@ describe.skipIf(!available.ok)(
       expect(ssh.stdout.trim().split("\n")).toEqual(["minion2", "lab", "active"]);
       const failing = await k8slab(["ssh", "minion2", "--dir", "lab", "-c", "exit 7"], 60_000);
       expect(failing.exitCode).toBe(7);
+    });
+
+    it("provision --phase runs over ssh; a failing phase is named, with journals and a k8slab ssh hint", async () => {
+      const provision = await k8slab(["provision", "--dir", "lab", "--phase", "base"], 240_000);
+      expect(provision.exitCode, provision.all).toBe(0);
+      expect(provision.stderr).toMatch(/master: ran base\nminion1: ran base\nminion2: ran base/);
+      // 20 min x 0.01 = 12 s for the control plane, which cannot start here (no flanneld).
+      const run = await k8slab(
+        ["create", "lab.yaml", "--dir", "lab", "--until", "control-plane"],
+        240_000,
+        { K8SLAB_DEADLINE_SCALE: "0.01" },
+      );
+      expect(run.exitCode, run.all).toBe(1);
+      expect(run.stderr).toMatch(/error: stage control-plane did not converge/);
+      expect(run.stderr).toMatch(
+        /provisioning failures: .*master pass 1: phase flannel on master: /,
+      );
+      expect(run.stderr).toMatch(/next, look at: k8slab ssh master -c 'sudo docker ps -a/);
+      const journal = await readFile(
+        join(work, "lab", "logs", "journal-control-plane-master.log"),
+        "utf8",
+      );
+      expect(journal).toMatch(/=== journalctl -u kubelet/);
     });
 
     it("a node that stops answering is unreachable in status; destroy refuses an SSH lab", async () => {

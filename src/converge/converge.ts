@@ -185,6 +185,14 @@ function scriptFailure(error: MachineCommandError): string {
   return [kind, lines[0]?.slice(0, 120)].filter(Boolean).join(": ") || `exit ${error.exitCode}`;
 }
 
+/** A stage's next diagnostic in the words of the lab's machines: no Vagrant for an SSH lab. */
+function diagnosticFor(stage: Stage, machines: Machines): string {
+  if (machines.kind !== "ssh") return stage.diagnostic;
+  return stage.diagnostic
+    .replace(/vagrant ssh /g, "k8slab ssh ")
+    .replace(/vagrant provision <node> --provision-with (\S+)/g, "k8slab provision --phase $1");
+}
+
 /** How long a stage waits for its check before running failed phases again. */
 const RETRY_SOON_MS = 20_000;
 /** The least time left worth starting another provisioning pass with. */
@@ -392,7 +400,10 @@ async function runStage(
     failing,
     failures: failures.slice(-3),
     logs: ctx.logs,
-    diagnostic: stage.diagnostic.replaceAll("<node>", failing[0] ?? ctx.plan.master.name),
+    diagnostic: diagnosticFor(stage, ctx.vagrant).replaceAll(
+      "<node>",
+      failing[0] ?? ctx.plan.master.name,
+    ),
     budget: duration(budget),
   });
 }

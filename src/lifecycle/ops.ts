@@ -160,6 +160,12 @@ async function provisionUnlocked(
       { hint: `create them (it boots and provisions the lab): ${create}` },
     );
   }
+  if (notRunning.length > 0 && vagrant.kind === "ssh") {
+    throw new K8slabError(
+      `nodes of lab ${open.lab.name} do not answer over SSH: ${notRunning.join(", ")}`,
+      { hint: `k8slab doctor ${options.labRef ?? open.lab.name} says why, node by node` },
+    );
+  }
   if (notRunning.length > 0) {
     throw new K8slabError(
       `the VMs of lab ${open.lab.name} are not running: ${notRunning.join(", ")}`,
