@@ -106,7 +106,7 @@ export class SshMachines implements Machines {
   private seq = 0;
   private readonly knownHosts: string;
   constructor(private readonly options: SshMachinesOptions) {
-    this.knownHosts = options.knownHostsFile ?? join(options.dir, "known_hosts");
+    this.knownHosts = resolve(options.knownHostsFile ?? join(options.dir, "known_hosts"));
   }
 
   login(machine: string): SshLogin {
@@ -126,7 +126,9 @@ export class SshMachines implements Machines {
     return [
       ...o("BatchMode=yes"),
       ...o("StrictHostKeyChecking=accept-new"),
-      ...o(`UserKnownHostsFile=${resolve(this.options.dir, this.knownHosts)}`),
+      ...o(`UserKnownHostsFile=${this.knownHosts}`),
+      // Only accept-new writes known_hosts (nodes connect in parallel: no rewrites of it).
+      ...o("UpdateHostKeys=no"),
       ...o(`ConnectTimeout=${opts.connectSeconds ?? login.connectTimeoutSeconds}`),
       ...o(`ServerAliveInterval=${ALIVE_INTERVAL}`),
       ...o(`ServerAliveCountMax=${ALIVE_COUNT}`),
