@@ -312,6 +312,14 @@ describe.skipIf(!available.ok)(
         /k8slab did not create: it does not destroy them\nhint: k8slab reset three-node/,
       );
       expect(existsSync(join(work, "lab", "pki", "ca-key.pem"))).toBe(true);
+      // --purge deletes only the lab directory: the nodes keep running what was installed.
+      const purge = await k8slab(["destroy", "--dir", "lab", "--force", "--purge"], 60_000);
+      expect(purge.exitCode, purge.all).toBe(0);
+      expect(purge.stderr).toMatch(
+        /deleted .*lab; the machines of lab three-node are as they were/,
+      );
+      expect(existsSync(join(work, "lab"))).toBe(false);
+      expect((await node("master").exec("systemctl is-active etcd")).stdout.trim()).toBe("active");
     });
   },
 );

@@ -41,13 +41,15 @@ export function statusCommand(ctx: CliContext): Command {
         );
         throw new K8slabError(
           `lab ${status.lab} is not healthy: ${status.problems.length} problem${status.problems.length === 1 ? "" : "s"}${opts.json ? "" : " (listed above)"}`,
-          vmsDown
-            ? {
-                hint: `boot and provision its VMs: ${createCommandFor(ctx, lab, open)}`,
-              }
-            : {
-                hint: `every Vagrant run is logged in ${join(open.dir, "logs")}; k8slab provision --phase <phase> runs a phase again`,
-              },
+          vmsDown && open.lab.provider.name === "ssh"
+            ? { hint: `k8slab doctor ${lab ?? open.lab.name} says why, node by node` }
+            : vmsDown
+              ? {
+                  hint: `boot and provision its VMs: ${createCommandFor(ctx, lab, open)}`,
+                }
+              : {
+                  hint: `every Vagrant run is logged in ${join(open.dir, "logs")}; k8slab provision --phase <phase> runs a phase again`,
+                },
         );
       }
     });
@@ -229,6 +231,10 @@ export function destroyCommand(ctx: CliContext): Command {
         }
         const { destroyLab } = await ops();
         const { vms } = await destroyLab(open, { env: ctx.env, purge: opts.purge ?? false });
+        if (ssh) {
+          say(ctx, `deleted ${open.dir}; the machines of lab ${open.lab.name} are as they were`);
+          return;
+        }
         say(
           ctx,
           `${vms ? "destroyed" : "no VM of"} lab ${open.lab.name}${vms ? "" : " was created"}${opts.purge ? `; deleted ${open.dir}` : `; the PKI stays in ${join(open.dir, "pki")}`}`,
