@@ -31,9 +31,8 @@ export const SSH_FAILED = 255;
 /** Seconds between keep-alives, and how many may go unanswered before ssh gives up. */
 const ALIVE_INTERVAL = 5;
 const ALIVE_COUNT = 3;
-/** How long `status` waits for a node. */
-const STATUS_CONNECT_SECONDS = 5;
-const STATUS_TIMEOUT_MS = 20_000;
+/** How long `status` waits for a node beyond its connect timeout. */
+const STATUS_GRACE_MS = 10_000;
 /** A phase without a deadline of its own (`k8slab provision`) gets this long. */
 const DEFAULT_PHASE_MS = 30 * 60_000;
 /** Where a node's scripts are uploaded (Vagrant's shell provisioner uses /tmp/vagrant-shell). */
@@ -121,7 +120,7 @@ export class SshMachines implements Machines {
   }
 
   /** ssh's arguments up to and including the destination. */
-  private args(login: SshLogin, opts: { tty?: boolean; connectSeconds?: number } = {}): string[] {
+  private args(login: SshLogin, opts: { tty?: boolean } = {}): string[] {
     const o = (option: string) => ["-o", option];
     return [
       ...o("BatchMode=yes"),
@@ -129,7 +128,7 @@ export class SshMachines implements Machines {
       ...o(`UserKnownHostsFile=${this.knownHosts}`),
       // Only accept-new writes known_hosts (nodes connect in parallel: no rewrites of it).
       ...o("UpdateHostKeys=no"),
-      ...o(`ConnectTimeout=${opts.connectSeconds ?? login.connectTimeoutSeconds}`),
+      ...o(`ConnectTimeout=${login.connectTimeoutSeconds}`),
       ...o(`ServerAliveInterval=${ALIVE_INTERVAL}`),
       ...o(`ServerAliveCountMax=${ALIVE_COUNT}`),
       ...o("LogLevel=ERROR"),
@@ -165,7 +164,6 @@ export class SshMachines implements Machines {
     opts: {
       label: string;
       timeoutMs: number;
-      connectSeconds?: number;
       inputFile?: string;
       /** Lines to show as they come (prefixed with the node's name). */
       stream?: boolean;
@@ -173,10 +171,7 @@ export class SshMachines implements Machines {
     },
   ): Promise<string> {
     const login = this.login(machine);
-    const args = [
-      ...this.args(login, opts.connectSeconds ? { connectSeconds: opts.connectSeconds } : {}),
-      command,
-    ];
+    const args = [...this.args(login), command];
     const own = opts.log ? undefined : await this.openLog(opts.label);
     const { file, log } = opts.log ?? own!;
     log.write(`$ ${formatCommand("ssh", args)}\n`);
@@ -225,17 +220,16 @@ export class SshMachines implements Machines {
     }
   }
 
-  /** Every node: `running` when it answers over SSH within a few seconds, else `unreachable`. */
+  /**
+   * Every node: `running` when it answers over SSH (within ssh.connectTimeoutSeconds, the
+   * user's word for how slow a connection may be), else `unreachable`.
+   */
   async status(): Promise<MachineStatus[]> {
     return Promise.all(
       this.options.lab.nodes.map(async (node) => {
         const state = await this.run(node.name, "true", {
           label: `status-${node.name}`,
-          timeoutMs: STATUS_TIMEOUT_MS,
-          connectSeconds: Math.min(
-            STATUS_CONNECT_SECONDS,
-            this.login(node.name).connectTimeoutSeconds,
-          ),
+          timeoutMs: this.login(node.name).connectTimeoutSeconds * 1000 + STATUS_GRACE_MS,
         }).then(
           () => "running",
           () => "unreachable",
@@ -293,7 +287,8 @@ export class SshMachines implements Machines {
       await runner("tar", ["-C", join(this.options.dir, from), "-cf", tar, "."], {
         timeoutMs: 60_000,
       });
-      const unpack = `rm -rf ${to} && mkdir -p -m 0700 ${to} && tar --no-same-owner -x -C ${to} -f -`;
+      const dir = shellQuote(to);
+      const unpack = `rm -rf ${dir} && mkdir -p -m 0700 ${dir} && tar --no-same-owner -x -C ${dir} -f -`;
       await this.run(machine, asRoot(login, sh(unpack)), {
         label: `upload-${machine}`,
         timeoutMs: Math.max(1_000, deadline - Date.now()),
