@@ -259,6 +259,8 @@ describe.skipIf(!available.ok)(
         "minion2=running/ssh",
       ]);
       expect(parsed.etcd.ok).toBe(true);
+      const text = await k8slab(["status", "--dir", "lab"], 120_000);
+      expect(text.stdout).toMatch(/^ {2}node minion1: running \(ssh\)$/m);
       const ssh = await k8slab(
         ["ssh", "minion2", "--dir", "lab", "-c", "hostname; id -un; systemctl is-active etcd"],
         60_000,

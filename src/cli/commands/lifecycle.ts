@@ -64,7 +64,11 @@ function createCommandFor(ctx: CliContext, ref: string | undefined, open: OpenLa
 function printStatus(ctx: CliContext, status: LabStatus): void {
   printResult(ctx, `lab ${status.lab} in ${status.dir}`);
   for (const m of status.machines)
-    printResult(ctx, `  vm ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`);
+    printResult(
+      ctx,
+      // An SSH lab's nodes are machines, not VMs: `node master: running (ssh)`.
+      `  ${m.provider === "ssh" ? "node" : "vm"} ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`,
+    );
   const stages = Object.keys(status.stages);
   printResult(ctx, `  stages verified: ${stages.length ? stages.join(", ") : "none yet"}`);
   if (status.etcd) {
