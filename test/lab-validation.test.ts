@@ -320,6 +320,53 @@ describe("cross-field rules", () => {
   });
 });
 
+describe("SSH labs (issue 15)", () => {
+  const ssh = (edits: [path: (string | number)[], value: unknown][] = []) =>
+    editedLab("three-node", [
+      [["provider", "name"], "ssh"],
+      [["ssh"], { user: "pirate" }],
+      ...edits,
+    ]);
+
+  it("accept the lab's login, per-node overrides and the host's .1 as a node", () => {
+    const text = ssh([
+      [["nodes", 1, "ssh"], { host: "10.0.0.5", port: 2222, user: "root" }],
+      [["nodes", 2, "ip"], "192.168.56.1"],
+    ]);
+    expect(errorsOf(text)).toEqual([]);
+    const { lab } = validateLabText("lab.yaml", text);
+    expect(lab?.ssh).toEqual({ user: "pirate", port: 22, connectTimeoutSeconds: 15 });
+    expect(lab?.nodes[1]?.ssh).toEqual({ host: "10.0.0.5", port: 2222, user: "root" });
+  });
+
+  it("need ssh: with the login user", () => {
+    const text = editedLab("three-node", [[["provider", "name"], "ssh"]]);
+    expect(lines(errorsOf(text))).toEqual([
+      expect.stringMatching(/provider\.name: a lab whose provider is ssh needs `ssh:`/),
+    ]);
+  });
+
+  it("ssh settings in a Vagrant lab are an error, not ignored", () => {
+    const text = editedLab("three-node", [
+      [["ssh"], { user: "pirate" }],
+      [["nodes", 0, "ssh"], { port: 2222 }],
+    ]);
+    expect(
+      errorsOf(text)
+        .map((p) => p.path)
+        .sort(),
+    ).toEqual(["nodes.0.ssh", "ssh"]);
+  });
+
+  it("reject a login name or key path a shell would read differently", () => {
+    const text = ssh([
+      [["ssh", "user"], "pi; rm -rf /"],
+      [["ssh", "identityFile"], "$(id)"],
+    ]);
+    expect(errorsOf(text).map((p) => p.path)).toEqual(["ssh.user", "ssh.identityFile"]);
+  });
+});
+
 describe("one pass over a broken file (issue 12)", () => {
   const lineOf = (text: string, needle: string) =>
     text.split("\n").findIndex((l) => l.includes(needle)) + 1;

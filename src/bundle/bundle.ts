@@ -12,7 +12,11 @@ import type { ArchiveRecord } from "../images/index.js";
 import { writeFileAtomic } from "../lab-dir/files.js";
 import { loadLab, validateLabText } from "../lab/load.js";
 import { formatProblem, type Problem } from "../lab/problems.js";
-import { PROVIDERS, type ProviderName } from "../lab/providers.js";
+import {
+  isVagrantProvider,
+  VAGRANT_PROVIDERS,
+  type VagrantProviderName,
+} from "../lab/providers.js";
 import type { Lab } from "../lab/schema.js";
 import { boxFor, cachedImages, imageReference } from "../plan/plan.js";
 import { Vagrant } from "../vagrant/vagrant.js";
@@ -51,7 +55,7 @@ const manifestSchema = z.object({
     .object({
       name: z.string(),
       version: z.string(),
-      provider: z.enum(PROVIDERS),
+      provider: z.enum(VAGRANT_PROVIDERS),
       ...fileEntry,
     })
     .optional(),
@@ -77,7 +81,7 @@ export interface ExportOptions {
   env: NodeJS.ProcessEnv;
   file: string;
   /** Whose box to include (default: the lab's provider); false: no box. */
-  box?: ProviderName | false;
+  box?: VagrantProviderName | false;
   onProgress?: (p: BundleProgress) => void;
   signal?: AbortSignal;
 }
@@ -247,7 +251,13 @@ export async function exportBundle(options: ExportOptions): Promise<ExportResult
     });
   }
 
-  const provider = options.box === undefined ? lab.provider.name : options.box;
+  // The box of the lab's provider unless told otherwise; machines reached over SSH have none.
+  const provider =
+    options.box !== undefined
+      ? options.box
+      : isVagrantProvider(lab.provider.name)
+        ? lab.provider.name
+        : false;
   const boxSpec = provider ? boxFor(lab, provider) : undefined;
   const box =
     boxSpec && provider ? await findInstalledBox(options.env, boxSpec, provider) : undefined;
@@ -283,7 +293,7 @@ export async function exportBundle(options: ExportOptions): Promise<ExportResult
       manifest.box = {
         name: box.name,
         version: box.version,
-        provider: box.provider as ProviderName,
+        provider: box.provider as VagrantProviderName,
         file: entry,
         size,
         sha256,

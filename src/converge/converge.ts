@@ -13,18 +13,19 @@ import type { CheckResult } from "../probe/checks.js";
 import type { Transport } from "../probe/transport.js";
 import {
   chooseTransport,
-  labVagrant,
+  labMachines,
   pullLabArtifacts,
   serveLabArtifacts,
 } from "../lifecycle/ops.js";
 import { withLabLock } from "../lab-dir/lock.js";
 import { defaultLabDir, renderLabDir, type RenderResult } from "../render/index.js";
 import type { Runner } from "../util/exec.js";
-import { VagrantError, type Vagrant } from "../vagrant/vagrant.js";
+import { MachineCommandError, type Machines } from "../machines/machines.js";
+import type { ProviderName } from "../lab/providers.js";
 import { readState, writeState, type LabState } from "./state.js";
 import { provisionersFor, stagePhases, stagesUntil, type Stage, type StageName } from "./stages.js";
 
-export type Provider = "virtualbox" | "libvirt";
+export type Provider = ProviderName;
 
 export type ConvergeEvent =
   | { type: "step"; step: string; status: "start" | "done" | "skip" | "warn"; detail: string }
@@ -115,7 +116,7 @@ export function failingChecks(items: DoctorItem[]): DoctorItem[] {
 
 /** Boot what is not running; returns the nodes whose VM was created anew (nothing of theirs ran). */
 async function ensureMachines(
-  vagrant: Vagrant,
+  vagrant: Machines,
   plan: LabPlan,
   provider: Provider,
   emit: (e: ConvergeEvent) => void,
@@ -123,32 +124,35 @@ async function ensureMachines(
   const statuses = await vagrant.status();
   const stateOf = (n: NodePlan) => statuses.find((s) => s.name === n.name)?.state;
   const down = plan.nodes.filter((n) => stateOf(n) !== "running");
-  if (down.length === 0) {
+  const ssh = vagrant.kind === "ssh";
+  if (down.length === 0 && !ssh) {
     emit({ type: "step", step: "machines", status: "skip", detail: "every VM is running" });
     return [];
   }
+  // SSH nodes boot nothing: every node is checked (it answers, sudo works) before provisioning.
+  const names = (ssh ? plan.nodes : down).map((n) => n.name);
   emit({
     type: "step",
     step: "machines",
     status: "start",
-    detail: `vagrant up ${down.map((n) => n.name).join(" ")}`,
+    detail: `${ssh ? "ssh to" : "vagrant up"} ${names.join(" ")}`,
   });
-  await pRetry(() => vagrant.up({ provider, machines: down.map((n) => n.name) }), {
+  await pRetry(() => vagrant.up({ provider, machines: names }), {
     retries: 2,
-    shouldRetry: ({ error }) => error instanceof VagrantError && error.transient,
+    shouldRetry: ({ error }) => error instanceof MachineCommandError && error.transient,
   });
   emit({
     type: "step",
     step: "machines",
     status: "done",
-    detail: `${plan.nodes.length} VMs running`,
+    detail: ssh ? `${plan.nodes.length} nodes answer over SSH` : `${plan.nodes.length} VMs running`,
   });
   return down.filter((n) => stateOf(n) === "not_created" || !stateOf(n)).map((n) => n.name);
 }
 
 /** The journals of a stage's units on the given nodes, one file per node, gathered in parallel. */
 async function collectJournals(
-  vagrant: Vagrant,
+  vagrant: Machines,
   nodes: readonly NodePlan[],
   stage: Stage,
   logs: string,
@@ -170,7 +174,7 @@ async function collectJournals(
 }
 
 /** The most telling line of a failed phase script: its own message, else the failing line. */
-function scriptFailure(error: VagrantError): string {
+function scriptFailure(error: MachineCommandError): string {
   if (error.timedOut) return "stopped at the stage's deadline";
   const lines = error.outputTail.split("\n");
   const said = lines.filter((l) => /k8slab: phase \S+ on \S+: /.test(l)).pop();
@@ -179,6 +183,14 @@ function scriptFailure(error: VagrantError): string {
   // Vagrant's own error (SSH refused, ...): its class and first line.
   const kind = error.kind.replace(/^Vagrant::Errors::/, "");
   return [kind, lines[0]?.slice(0, 120)].filter(Boolean).join(": ") || `exit ${error.exitCode}`;
+}
+
+/** A stage's next diagnostic in the words of the lab's machines: no Vagrant for an SSH lab. */
+function diagnosticFor(stage: Stage, machines: Machines): string {
+  if (machines.kind !== "ssh") return stage.diagnostic;
+  return stage.diagnostic
+    .replace(/vagrant ssh /g, "k8slab ssh ")
+    .replace(/vagrant provision <node> --provision-with (\S+)/g, "k8slab provision --phase $1");
 }
 
 /** How long a stage waits for its check before running failed phases again. */
@@ -210,7 +222,7 @@ async function phaseDigest(dir: string, node: string, phase: Phase): Promise<str
 interface StageContext {
   dir: string;
   plan: LabPlan;
-  vagrant: Vagrant;
+  vagrant: Machines;
   transport: Transport;
   env: Record<string, string>;
   logs: string;
@@ -336,7 +348,7 @@ async function runStage(
           // a transient error (SSH not up yet) or the deadline passes too: the phases that did
           // not finish run again on the next pass, and the stage is not done until they have.
           if (
-            !(error instanceof VagrantError) ||
+            !(error instanceof MachineCommandError) ||
             !(error.provisioningFailure || error.transient || error.timedOut)
           ) {
             throw error;
@@ -388,7 +400,10 @@ async function runStage(
     failing,
     failures: failures.slice(-3),
     logs: ctx.logs,
-    diagnostic: stage.diagnostic.replaceAll("<node>", failing[0] ?? ctx.plan.master.name),
+    diagnostic: diagnosticFor(stage, ctx.vagrant).replaceAll(
+      "<node>",
+      failing[0] ?? ctx.plan.master.name,
+    ),
     budget: duration(budget),
   });
 }
@@ -412,6 +427,12 @@ async function createLocked(
   const emit = options.onEvent ?? (() => {});
   // The host checks come first: a host that cannot run the lab gets nothing written (the lock
   // takes its directory back when nothing else was written).
+  if (options.provider && loaded.lab.provider.name === "ssh") {
+    throw new K8slabError(
+      `lab ${loaded.lab.name} runs on existing machines over SSH: --provider ${options.provider} does not apply`,
+      { exitCode: 2, hint: "leave out --provider (or set provider.name in the lab file)" },
+    );
+  }
   const provider = options.provider ?? loaded.lab.provider.name;
   emit({ type: "step", step: "doctor", status: "start", detail: "host checks" });
   const items = await runDoctor({
@@ -505,7 +526,7 @@ async function createLocked(
       }
     },
   };
-  const vagrant = labVagrant(rendered, runOptions);
+  const vagrant = labMachines(rendered, runOptions);
   if (plan.nodes.some((n) => n.artifacts.length > 0)) {
     emit({
       type: "step",

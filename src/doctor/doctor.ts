@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { access, readFile, stat, statfs } from "node:fs/promises";
 import { cpus, freemem, networkInterfaces, totalmem, userInfo } from "node:os";
 import { delimiter, join } from "node:path";
+import type { ProviderName, VagrantProviderName } from "../lab/providers.js";
 import type { Lab } from "../lab/schema.js";
 import { boxFor } from "../plan/plan.js";
 import { parseMachineReadable } from "../vagrant/machine-readable.js";
@@ -20,8 +21,11 @@ export interface DoctorItem {
 
 export interface DoctorOptions {
   lab?: Lab;
-  provider: "virtualbox" | "libvirt";
-  /** Where the lab directory goes (its filesystem is checked for space). */
+  provider: ProviderName;
+  /**
+   * Where the lab directory goes (its filesystem is checked for space); for an SSH lab, the lab
+   * directory, whose known_hosts (if any) the node checks trust.
+   */
   dir: string;
   runner?: Runner;
   /** Files read for the host's routes and VirtualBox's network rules (tests point elsewhere). */
@@ -50,6 +54,7 @@ async function version(runner: Runner, file: string, args: string[]): Promise<st
 /** Each check gives a verdict; `create` stops on any "fail". */
 export async function runDoctor(options: DoctorOptions): Promise<DoctorItem[]> {
   const runner = options.runner ?? runCommand;
+  if (options.provider === "ssh") return sshDoctor(options, runner);
   const items: DoctorItem[] = [];
   const vagrant = await version(runner, "vagrant", ["--version"]);
   items.push(
@@ -72,7 +77,42 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorItem[]> {
   return items;
 }
 
+/**
+ * An SSH lab boots nothing on this host: the checks are the ssh client here, then each node's
+ * login, sudo, architecture, cgroups and kernel (src/doctor/ssh-nodes.ts).
+ */
+async function sshDoctor(options: DoctorOptions, runner: Runner): Promise<DoctorItem[]> {
+  const client = await runner("ssh", ["-V"], { timeoutMs: 10_000 }).then(
+    (r) => `${r.stdout}${r.stderr}`.trim().split("\n")[0] ?? "",
+    () => undefined,
+  );
+  if (client === undefined) {
+    return [
+      {
+        name: "ssh client",
+        verdict: "fail",
+        detail: "ssh not found",
+        hint: "install OpenSSH's client (Debian/Ubuntu: apt-get install openssh-client)",
+      },
+    ];
+  }
+  const items: DoctorItem[] = [{ name: "ssh client", verdict: "ok", detail: client }];
+  if (!options.lab || options.lab.provider.name !== "ssh" || !options.lab.ssh) {
+    items.push({
+      name: "ssh lab",
+      verdict: "fail",
+      detail: "the ssh provider needs a lab whose provider.name is ssh, with its ssh: settings",
+      hint: "give the lab file: k8slab doctor <lab file>",
+    });
+    return items;
+  }
+  const { sshNodeChecks } = await import("./ssh-nodes.js");
+  items.push(...(await sshNodeChecks(options.lab, { dir: options.dir, runner })));
+  return items;
+}
+
 async function providerChecks(options: DoctorOptions, runner: Runner): Promise<DoctorItem[]> {
+  if (options.provider === "ssh") return [];
   if (options.provider === "virtualbox") {
     const vbox = await version(runner, "VBoxManage", ["--version"]);
     const items: DoctorItem[] = [
@@ -261,7 +301,7 @@ async function libvirtdCheck(options: DoctorOptions, runner: Runner): Promise<Do
  */
 async function boxCheck(
   lab: Lab,
-  provider: DoctorOptions["provider"],
+  provider: VagrantProviderName,
   runner: Runner,
 ): Promise<DoctorItem> {
   const box = boxFor(lab, provider);

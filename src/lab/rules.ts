@@ -40,6 +40,7 @@ export const LAB_RULES: readonly Rule<Lab>[] = [
   checkArtifacts,
   checkAddonImages,
   checkImageSources,
+  checkSsh,
 ];
 
 function checkCidrShapes(lab: Lab): RuleProblem[] {
@@ -90,7 +91,7 @@ function checkNodes(lab: Lab): RuleProblem[] {
       problems.push(
         err(`nodes.${i}.ip`, `${node.ip} is the broadcast address of ${lab.network.hostOnly}`),
       );
-    } else if (node.ip === gateway) {
+    } else if (node.ip === gateway && lab.provider.name !== "ssh") {
       problems.push(
         err(
           `nodes.${i}.ip`,
@@ -316,4 +317,29 @@ function checkAddonImages(lab: Lab): RuleProblem[] {
       .filter((key) => !lab.images[key])
       .map((key) => err("images", `the ${addon} addon needs images.${key}`)),
   );
+}
+
+/**
+ * An SSH lab says how to log in (`ssh:`); a Vagrant lab has no use for SSH settings, and saying
+ * so beats ignoring them (a lab file that sets them expects them to matter).
+ */
+function checkSsh(lab: Lab): RuleProblem[] {
+  if (lab.provider.name === "ssh") {
+    return lab.ssh
+      ? []
+      : [
+          err(
+            "provider.name",
+            "a lab whose provider is ssh needs `ssh:` (at least the login user)",
+            "add ssh: { user: <login user> } to the lab file",
+          ),
+        ];
+  }
+  const problems: RuleProblem[] = [];
+  const vagrant = `they apply only to provider.name: ssh (the ${lab.provider.name} VMs are reached by Vagrant)`;
+  if (lab.ssh) problems.push(err("ssh", `ssh settings in a ${lab.provider.name} lab: ${vagrant}`));
+  lab.nodes.forEach((node, i) => {
+    if (node.ssh) problems.push(err(`nodes.${i}.ssh`, `ssh settings on a node: ${vagrant}`));
+  });
+  return problems;
 }

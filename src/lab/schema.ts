@@ -74,6 +74,51 @@ const boxSpec = z.strictObject({
 });
 export type BoxSpec = z.infer<typeof boxSpec>;
 
+/** An SSH login: `~/` in identityFile is the user's home directory. */
+const sshUser = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_.-]{0,31}$/, "must be a plain login name such as pirate")
+  .describe("The login user; a user other than root runs every command through `sudo -n`.");
+const sshPort = z.number().int().min(1).max(65535);
+const sshIdentity = z
+  .string()
+  .regex(
+    /^(~\/|\/)[A-Za-z0-9._~/-]{1,254}$/,
+    "must be a plain absolute path or one under ~/, such as ~/.ssh/id_ed25519",
+  )
+  .describe("The private key to log in with; without it, ssh's agent and default keys are used.");
+const SSH_HOST =
+  /^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3})$/;
+
+const sshSpec = z
+  .strictObject({
+    user: sshUser,
+    port: sshPort.default(22),
+    identityFile: sshIdentity.optional(),
+    connectTimeoutSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(300)
+      .default(15)
+      .describe("How long one SSH connection may take to open."),
+  })
+  .describe("How k8slab logs in to the nodes of a lab whose provider is ssh.");
+export type SshSpec = z.infer<typeof sshSpec>;
+
+const nodeSsh = z
+  .strictObject({
+    host: z
+      .string()
+      .regex(SSH_HOST, "must be a host name or an IPv4 address")
+      .optional()
+      .describe("Where to reach the node over SSH (default: its ip)."),
+    user: sshUser.optional(),
+    port: sshPort.optional(),
+    identityFile: sshIdentity.optional(),
+  })
+  .describe("This node's SSH login where it differs from the lab's `ssh:`.");
+
 const node = z
   .strictObject({
     name: dnsLabel.describe("Hostname of the VM and the Kubernetes node name."),
@@ -92,8 +137,9 @@ const node = z
       )
       .default({})
       .describe("Kubernetes node labels (seed 003)."),
+    ssh: nodeSsh.optional(),
   })
-  .describe("One VM.");
+  .describe("One VM, or one machine of an SSH lab.");
 
 /** A path inside an archive: relative, no "..", ordinary characters only. */
 const MEMBER = /^(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._+-][A-Za-z0-9._+/-]{0,255}$/;
@@ -176,7 +222,15 @@ export const labSchema = z
           })
           .default({ driver: "auto" }),
       })
-      .default({ name: "virtualbox", libvirt: { driver: "auto" } }),
+      .default({ name: "virtualbox", libvirt: { driver: "auto" } })
+      .describe(
+        "virtualbox or libvirt: Vagrant boots the nodes as VMs. ssh: the nodes are machines that already run, reached over SSH (see `ssh:`); `box` does not apply.",
+      ),
+    ssh: sshSpec
+      .optional()
+      .describe(
+        "Required when provider.name is ssh, and only then: the login for every node (nodes[].ssh overrides it per node).",
+      ),
     network: z.strictObject({
       hostOnly: cidr.describe("The host-only (private) network every node sits on."),
       interface: z

@@ -28,7 +28,9 @@ import {
 } from "../probe/transport.js";
 import type { Runner } from "../util/exec.js";
 import { nthAddress, parseCidr } from "../util/ipv4.js";
-import type { MachineStatus } from "../vagrant/machine-readable.js";
+import type { MachineStatus, Machines } from "../machines/machines.js";
+import { SshMachines, sshDestroyRefusal } from "../ssh/ssh-machines.js";
+import { hostAddressToward } from "../ssh/host-address.js";
 import { Vagrant } from "../vagrant/vagrant.js";
 import type { OpenLab } from "./open-lab.js";
 
@@ -44,7 +46,22 @@ export interface LabRunOptions {
   onDownload?: ((p: PullProgress) => void) | undefined;
 }
 
-export function labVagrant(open: OpenLab, options: LabRunOptions): Vagrant {
+/**
+ * The lab's machines: Vagrant's VMs, or for a lab whose provider is ssh, the existing machines
+ * reached over SSH. The one place that chooses.
+ */
+export function labMachines(open: Pick<OpenLab, "dir" | "lab">, options: LabRunOptions): Machines {
+  if (open.lab.provider.name === "ssh") {
+    return new SshMachines({
+      dir: open.dir,
+      lab: open.lab,
+      logDir: join(open.dir, "logs"),
+      env: options.env,
+      ...(options.runner ? { runner: options.runner } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.onLine ? { onLine: options.onLine } : {}),
+    });
+  }
   return new Vagrant({
     cwd: open.dir,
     logDir: join(open.dir, "logs"),
@@ -77,7 +94,11 @@ export async function serveLabArtifacts<T>(
 ): Promise<T> {
   if (pulled.length === 0) return fn({});
   const server = await serveArtifacts(pulled, {
-    advertise: nthAddress(parseCidr(plan.lab.network.hostOnly), 1),
+    // Machines k8slab did not create reach the host at its own address toward them.
+    advertise:
+      plan.lab.provider.name === "ssh"
+        ? await hostAddressToward(plan.master.ip)
+        : nthAddress(parseCidr(plan.lab.network.hostOnly), 1),
     allow: [plan.lab.network.hostOnly],
   });
   try {
@@ -97,7 +118,7 @@ export async function withArtifacts<T>(
 }
 
 /** HTTPS from the host when it is on the lab's network; else curl on the master over SSH. */
-export function chooseTransport(plan: LabPlan, pkiDir: string, vagrant: Vagrant): Transport {
+export function chooseTransport(plan: LabPlan, pkiDir: string, vagrant: Machines): Transport {
   if (hostOnLabNetwork(plan.lab.network.hostOnly)) return new HttpsTransport(pkiDir);
   return new SshTransport(
     (command, timeoutMs) => vagrant.sshCommand(plan.master.name, command, timeoutMs),
@@ -123,7 +144,7 @@ async function provisionUnlocked(
     });
   }
   const phases = options.phase ? [options.phase] : [...PHASES];
-  const vagrant = labVagrant(open, options);
+  const vagrant = labMachines(open, options);
   // The VMs first: provisioning needs them running, and finding out after a download is slow.
   const targets = open.plan.nodes.filter((n) => provisionersFor(n, phases).length > 0);
   const machines = await vagrant.status();
@@ -137,6 +158,12 @@ async function provisionUnlocked(
     throw new K8slabError(
       `the VMs of lab ${open.lab.name} are not created: ${notCreated.join(", ")}; nothing to provision`,
       { hint: `create them (it boots and provisions the lab): ${create}` },
+    );
+  }
+  if (notRunning.length > 0 && vagrant.kind === "ssh") {
+    throw new K8slabError(
+      `nodes of lab ${open.lab.name} do not answer over SSH: ${notRunning.join(", ")}`,
+      { hint: `k8slab doctor ${options.labRef ?? open.lab.name} says why, node by node` },
     );
   }
   if (notRunning.length > 0) {
@@ -181,7 +208,7 @@ export interface LabStatus {
  * server, nodes, addons), and certificate expiry. Healthy means all of it holds now.
  */
 export async function labStatus(open: OpenLab, options: LabRunOptions): Promise<LabStatus> {
-  const vagrant = labVagrant(open, options);
+  const vagrant = labMachines(open, options);
   const machines = await vagrant.status();
   const { state, problem } = await readState(open.dir, open.lab.name);
   const certificates = await checkPkiExpiry(open.dir);
@@ -233,7 +260,13 @@ async function destroyUnlocked(
   open: OpenLab,
   options: LabRunOptions & { purge: boolean },
 ): Promise<{ vms: boolean }> {
-  const vagrant = labVagrant(open, options);
+  if (open.lab.provider.name === "ssh") {
+    // The machines are not k8slab's: only the lab directory goes, and only when asked.
+    if (!options.purge) throw sshDestroyRefusal(open.lab.name);
+    await rm(open.dir, { recursive: true, force: true });
+    return { vms: false };
+  }
+  const vagrant = labMachines(open, options);
   const machines = await vagrant.status();
   const vms = machines.some((m) => m.state !== "not_created");
   if (vms) await vagrant.destroy();

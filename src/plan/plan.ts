@@ -1,4 +1,5 @@
-import type { BoxSpec, Lab, LabNode, ProviderName, Role } from "../lab/schema.js";
+import type { VagrantProviderName } from "../lab/providers.js";
+import type { BoxSpec, Lab, LabNode, Role } from "../lab/schema.js";
 import type { PkiTopology } from "../pki/topology.js";
 import { nthAddress, parseCidr } from "../util/ipv4.js";
 
@@ -57,6 +58,8 @@ export type ImageNames = { [K in ImageKey]: Lab["images"][K] };
 /** Fixed locations inside the VMs. */
 export const VM_PATHS = {
   pkiUpload: "/tmp/k8slab-pki",
+  /** Where an SSH lab's node receives its phase scripts (Vagrant uses /tmp/vagrant-shell). */
+  provisionUpload: "/tmp/k8slab-provision",
   pki: "/etc/kubernetes/pki",
   manifests: "/etc/kubernetes/manifests",
   kubeconfigs: "/etc/kubernetes",
@@ -72,7 +75,7 @@ export const VM_PATHS = {
 } as const;
 
 /** The box a provider boots: the lab's one box, or the one it names for that provider. */
-export function boxFor(lab: Lab, provider: ProviderName): BoxSpec | undefined {
+export function boxFor(lab: Lab, provider: VagrantProviderName): BoxSpec | undefined {
   return "name" in lab.box ? lab.box : lab.box[provider];
 }
 

@@ -54,11 +54,14 @@ function toLf(text: string): string {
 export async function renderLab(plan: LabPlan, meta: { labFile: string }): Promise<RenderedFile[]> {
   const files: RenderedFile[] = [];
   const common = { plan, lab: plan.lab, labFile: meta.labFile, scriptPath };
-  files.push({
-    path: "Vagrantfile",
-    content: await renderTemplate("Vagrantfile.ejs", common, rubyQuote),
-    mode: 0o644,
-  });
+  // An SSH lab's nodes are machines that already run: no Vagrant, so no Vagrantfile.
+  if (plan.lab.provider.name !== "ssh") {
+    files.push({
+      path: "Vagrantfile",
+      content: await renderTemplate("Vagrantfile.ejs", common, rubyQuote),
+      mode: 0o644,
+    });
+  }
   for (const node of plan.nodes) {
     for (const phase of node.phases) {
       files.push({

@@ -1,3 +1,5 @@
+import { constants } from "node:os";
+import type { Writable } from "node:stream";
 import { execa, type Options as ExecaOptions } from "execa";
 import { CommandFailedError, K8slabError } from "../errors.js";
 import { shellQuote } from "./quote.js";
@@ -10,6 +12,8 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   /** Feed this to the command's standard input. */
   input?: string;
+  /** Or this file. */
+  inputFile?: string;
   /** Milliseconds before the command is killed. */
   timeoutMs?: number;
   /** Called with every line the command prints (stdout and stderr interleaved). */
@@ -50,7 +54,9 @@ export const runCommand: Runner = async (file, args, options = {}) => {
     cwd: options.cwd,
     env: options.env,
     extendEnv: true,
-    input: options.input,
+    ...(options.inputFile !== undefined
+      ? { inputFile: options.inputFile }
+      : { input: options.input }),
     timeout: options.timeoutMs,
     cancelSignal: options.signal,
     reject: false,
@@ -94,4 +100,61 @@ function lineSink(onLine: (line: string) => void) {
     onLine(String(line));
     yield line;
   };
+}
+
+/**
+ * Run a program attached to this process, as a shell runs a foreground job (`k8slab ssh`):
+ * standard input is this process's, output goes to `io` (or straight to this process's stdout
+ * and stderr), there is no time limit. Ctrl-C reaches it from the terminal (this process waits
+ * for it instead of dying first), SIGTERM and SIGHUP are passed on. Resolves with its exit
+ * status, or 128 + the signal's number when a signal ended it.
+ */
+export async function runAttached(
+  file: string,
+  args: readonly string[],
+  options: {
+    cwd?: string | undefined;
+    env?: Record<string, string | undefined> | undefined;
+    io: { stdout: Writable; stderr: Writable };
+    signal?: AbortSignal | undefined;
+    missingHint: string;
+    failedHint: string;
+  },
+): Promise<number> {
+  const { io } = options;
+  const direct = (stream: Writable, own: Writable) => (stream === own ? "inherit" : "pipe");
+  const child = execa(file, [...args], {
+    ...(options.cwd ? { cwd: options.cwd } : {}),
+    env: options.env,
+    stdin: "inherit",
+    stdout: direct(io.stdout, process.stdout),
+    stderr: direct(io.stderr, process.stderr),
+    buffer: false,
+    reject: false,
+    ...(options.signal ? { cancelSignal: options.signal } : {}),
+  });
+  child.stdout?.on("data", (chunk: Buffer) => io.stdout.write(chunk));
+  child.stderr?.on("data", (chunk: Buffer) => io.stderr.write(chunk));
+  const waitForChild = () => undefined;
+  const pass = (signal: NodeJS.Signals) => () => child.kill(signal);
+  const onTerm = pass("SIGTERM");
+  const onHup = pass("SIGHUP");
+  process.on("SIGINT", waitForChild);
+  process.on("SIGTERM", onTerm);
+  process.on("SIGHUP", onHup);
+  try {
+    const result = await child;
+    if (result.exitCode !== undefined) return result.exitCode;
+    if (result.signal) return 128 + (constants.signals[result.signal] ?? 0);
+    if ((result as { code?: string }).code === "ENOENT") {
+      throw new K8slabError(`${file} was not found on PATH`, { hint: options.missingHint });
+    }
+    throw new K8slabError(`${formatCommand(file, args)} failed: ${result.shortMessage}`, {
+      hint: options.failedHint,
+    });
+  } finally {
+    process.off("SIGINT", waitForChild);
+    process.off("SIGTERM", onTerm);
+    process.off("SIGHUP", onHup);
+  }
 }

@@ -1,3 +1,4 @@
+import type { MachineStatus } from "../machines/machines.js";
 /** Vagrant's --machine-readable lines: timestamp,target,type,data... */
 export interface MachineLine {
   timestamp: number;
@@ -44,11 +45,7 @@ export function errorExit(
   return line ? { kind: line.data[0] ?? "", message: line.data.slice(1).join(",") } : undefined;
 }
 
-export interface MachineStatus {
-  name: string;
-  state: string;
-  provider: string;
-}
+export type { MachineStatus } from "../machines/machines.js";
 
 export function machineStatuses(lines: readonly MachineLine[]): MachineStatus[] {
   const byName = new Map<string, MachineStatus>();

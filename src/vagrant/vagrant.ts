@@ -1,11 +1,10 @@
 import { createWriteStream, type WriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { constants } from "node:os";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
-import { execa } from "execa";
 import { CommandFailedError, K8slabError } from "../errors.js";
-import { formatCommand, runCommand, tail, type Runner } from "../util/exec.js";
+import { MachineCommandError, type Machines } from "../machines/machines.js";
+import { formatCommand, runAttached, runCommand, type Runner } from "../util/exec.js";
 import {
   errorExit,
   machineStatuses,
@@ -18,17 +17,7 @@ import {
  * The only module that runs `vagrant`. Every run is logged in full under the lab's logs/ and a
  * failure becomes one VagrantError with the command, exit code and the tail of its output.
  */
-export class VagrantError extends CommandFailedError {
-  /** Vagrant's error class (Vagrant::Errors::...) when it named one. */
-  readonly kind: string;
-  /** Worth another try (SSH not up yet, a box download cut off), as opposed to a broken setup. */
-  readonly transient: boolean;
-  /** A provisioner script exited non-zero (the VM is fine; the phase is not done yet). */
-  readonly provisioningFailure: boolean;
-  readonly logFile: string;
-  /** For `vagrant provision`: the provisioners that finished before it failed, in order. */
-  completed: readonly string[] = [];
-
+export class VagrantError extends MachineCommandError {
   constructor(opts: {
     command: string;
     exitCode?: number | undefined;
@@ -39,20 +28,13 @@ export class VagrantError extends CommandFailedError {
     timedOut?: boolean | undefined;
   }) {
     super({
-      command: opts.command,
-      exitCode: opts.exitCode,
-      signal: opts.signal,
-      outputTail: tail(opts.output),
-      hint: `the full output is in ${opts.logFile}`,
-      timedOut: opts.timedOut,
+      ...opts,
+      transient: isTransient(opts.kind, opts.output),
+      provisioningFailure:
+        !PERMANENT_KINDS.some((r) => r.test(opts.kind)) &&
+        /non-zero exit status|k8slab: phase/i.test(opts.output),
     });
     this.name = "VagrantError";
-    this.kind = opts.kind;
-    this.transient = isTransient(opts.kind, opts.output);
-    this.provisioningFailure =
-      !PERMANENT_KINDS.some((r) => r.test(opts.kind)) &&
-      /non-zero exit status|k8slab: phase/i.test(opts.output);
-    this.logFile = opts.logFile;
   }
 }
 
@@ -92,7 +74,8 @@ export interface VagrantOptions {
   onLine?: (line: string) => void;
 }
 
-export class Vagrant {
+export class Vagrant implements Machines {
+  readonly kind = "vagrant";
   private seq = 0;
   constructor(private readonly options: VagrantOptions) {}
 
@@ -235,49 +218,15 @@ export class Vagrant {
     return this.attached(["ssh", machine], { stdout: process.stdout, stderr: process.stderr });
   }
 
-  /**
-   * Run vagrant attached to this process, as a shell runs a foreground job: Ctrl-C reaches it
-   * from the terminal (this process waits for it instead of dying first), SIGTERM and SIGHUP are
-   * passed on. The exit status is vagrant's, or 128 + the signal's number when a signal ended it.
-   */
-  private async attached(args: string[], io: { stdout: Writable; stderr: Writable }) {
-    const direct = (stream: Writable, own: Writable) => (stream === own ? "inherit" : "pipe");
-    const child = execa("vagrant", args, {
+  private attached(args: string[], io: { stdout: Writable; stderr: Writable }) {
+    return runAttached("vagrant", args, {
       cwd: this.options.cwd,
       env: { ...this.options.env, VAGRANT_CHECKPOINT_DISABLE: "1" },
-      stdin: "inherit",
-      stdout: direct(io.stdout, process.stdout),
-      stderr: direct(io.stderr, process.stderr),
-      buffer: false,
-      reject: false,
-      ...(this.options.signal ? { cancelSignal: this.options.signal } : {}),
+      io,
+      signal: this.options.signal,
+      missingHint: "install Vagrant (https://www.vagrantup.com), then run: k8slab doctor",
+      failedHint: "is Vagrant installed? k8slab doctor",
     });
-    child.stdout?.on("data", (chunk: Buffer) => io.stdout.write(chunk));
-    child.stderr?.on("data", (chunk: Buffer) => io.stderr.write(chunk));
-    const waitForChild = () => undefined;
-    const pass = (signal: NodeJS.Signals) => () => child.kill(signal);
-    const onTerm = pass("SIGTERM");
-    const onHup = pass("SIGHUP");
-    process.on("SIGINT", waitForChild);
-    process.on("SIGTERM", onTerm);
-    process.on("SIGHUP", onHup);
-    try {
-      const result = await child;
-      if (result.exitCode !== undefined) return result.exitCode;
-      if (result.signal) return 128 + (constants.signals[result.signal] ?? 0);
-      if ((result as { code?: string }).code === "ENOENT") {
-        throw new K8slabError("vagrant was not found on PATH", {
-          hint: "install Vagrant (https://www.vagrantup.com), then run: k8slab doctor",
-        });
-      }
-      throw new K8slabError(`${formatCommand("vagrant", args)} failed: ${result.shortMessage}`, {
-        hint: "is Vagrant installed? k8slab doctor",
-      });
-    } finally {
-      process.off("SIGINT", waitForChild);
-      process.off("SIGTERM", onTerm);
-      process.off("SIGHUP", onHup);
-    }
   }
 
   async port(machine: string, guest: number): Promise<number> {

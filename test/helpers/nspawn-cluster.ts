@@ -86,6 +86,8 @@ export const ROOTFS_PACKAGES: readonly string[] = [
   "etcd-server",
   "etcd-client",
   "procps",
+  "openssh-server",
+  "sudo",
 ];
 /** Bump when the way the rootfs is made changes outside build-test-rootfs.sh. */
 const ROOTFS_FORMAT = 1;

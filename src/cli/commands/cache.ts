@@ -4,7 +4,7 @@ import type { PullProgress } from "../../artifacts/index.js";
 import { downloadNarrator, mb, progressLines } from "../../artifacts/progress-text.js";
 import type { BundleProgress } from "../../bundle/bundle.js";
 import { formatProblem } from "../../lab/problems.js";
-import { PROVIDERS } from "../../lab/providers.js";
+import { VAGRANT_PROVIDERS } from "../../lab/providers.js";
 import { printJson, printResult, say, type CliContext } from "../context.js";
 import { untilInterrupted } from "../interrupt.js";
 
@@ -70,7 +70,7 @@ export function cacheCommand(ctx: CliContext): Command {
     .argument("<file>", "the bundle to write (replaced only once it is complete)")
     .addOption(
       new Option("--provider <name>", "whose box to include (default: the lab's provider)").choices(
-        PROVIDERS,
+        VAGRANT_PROVIDERS,
       ),
     )
     .option("--no-box", "leave the Vagrant box out")
@@ -79,7 +79,7 @@ export function cacheCommand(ctx: CliContext): Command {
       async (
         ref: string,
         file: string,
-        opts: { provider?: (typeof PROVIDERS)[number]; box: boolean; json?: boolean },
+        opts: { provider?: (typeof VAGRANT_PROVIDERS)[number]; box: boolean; json?: boolean },
       ) => {
         const [{ cacheDir }, { exportBundle }] = await Promise.all([
           import("../../artifacts/index.js"),

@@ -2,7 +2,7 @@ import { relative } from "node:path";
 import { Command, Option } from "commander";
 import type { CreateOptions } from "../../converge/converge.js";
 import { STAGE_NAMES, type StageName } from "../../converge/stage-names.js";
-import { PROVIDERS } from "../../lab/providers.js";
+import { VAGRANT_PROVIDERS, type VagrantProviderName } from "../../lab/providers.js";
 import { printJson, say, type CliContext } from "../context.js";
 import { untilInterrupted } from "../interrupt.js";
 
@@ -30,9 +30,10 @@ export function createCommand(ctx: CliContext): Command {
     .argument("<lab>", "a built-in lab name (see `k8slab labs`) or a path to a lab file")
     .option("-d, --dir <dir>", "lab directory (default: ./<lab name>)")
     .addOption(
-      new Option("--provider <provider>", "Vagrant provider (default: the lab's)").choices(
-        PROVIDERS,
-      ),
+      new Option(
+        "--provider <provider>",
+        "Vagrant provider (default: the lab's; not for a lab whose provider is ssh)",
+      ).choices(VAGRANT_PROVIDERS),
     )
     .addOption(
       new Option(
@@ -47,7 +48,7 @@ export function createCommand(ctx: CliContext): Command {
         ref: string,
         opts: {
           dir?: string;
-          provider?: "virtualbox" | "libvirt";
+          provider?: VagrantProviderName;
           until?: StageName;
           verbose?: boolean;
           json?: boolean;
@@ -85,7 +86,12 @@ export function createCommand(ctx: CliContext): Command {
           );
         say(ctx, `export KUBECONFIG=${result.kubeconfig}`);
         // The control-plane node is Vagrant's primary machine: plain `vagrant ssh` goes there.
-        say(ctx, `cd ${shown} && vagrant ssh   # or: k8slab ssh <node> --dir ${shown}`);
+        say(
+          ctx,
+          result.provider === "ssh"
+            ? `k8slab ssh <node> --dir ${shown}`
+            : `cd ${shown} && vagrant ssh   # or: k8slab ssh <node> --dir ${shown}`,
+        );
       },
     );
 }

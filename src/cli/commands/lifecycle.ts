@@ -41,13 +41,15 @@ export function statusCommand(ctx: CliContext): Command {
         );
         throw new K8slabError(
           `lab ${status.lab} is not healthy: ${status.problems.length} problem${status.problems.length === 1 ? "" : "s"}${opts.json ? "" : " (listed above)"}`,
-          vmsDown
-            ? {
-                hint: `boot and provision its VMs: ${createCommandFor(ctx, lab, open)}`,
-              }
-            : {
-                hint: `every Vagrant run is logged in ${join(open.dir, "logs")}; k8slab provision --phase <phase> runs a phase again`,
-              },
+          vmsDown && open.lab.provider.name === "ssh"
+            ? { hint: `k8slab doctor ${lab ?? open.lab.name} says why, node by node` }
+            : vmsDown
+              ? {
+                  hint: `boot and provision its VMs: ${createCommandFor(ctx, lab, open)}`,
+                }
+              : {
+                  hint: `every Vagrant run is logged in ${join(open.dir, "logs")}; k8slab provision --phase <phase> runs a phase again`,
+                },
         );
       }
     });
@@ -62,7 +64,11 @@ function createCommandFor(ctx: CliContext, ref: string | undefined, open: OpenLa
 function printStatus(ctx: CliContext, status: LabStatus): void {
   printResult(ctx, `lab ${status.lab} in ${status.dir}`);
   for (const m of status.machines)
-    printResult(ctx, `  vm ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`);
+    printResult(
+      ctx,
+      // An SSH lab's nodes are machines, not VMs: `node master: running (ssh)`.
+      `  ${m.provider === "ssh" ? "node" : "vm"} ${m.name}: ${m.state}${m.provider ? ` (${m.provider})` : ""}`,
+    );
   const stages = Object.keys(status.stages);
   printResult(ctx, `  stages verified: ${stages.length ? stages.join(", ") : "none yet"}`);
   if (status.etcd) {
@@ -123,18 +129,20 @@ export function sshCommand(ctx: CliContext): Command {
           hint: `nodes: ${open.plan.nodes.map((n) => n.name).join(", ")}`,
         });
       }
-      const vagrant = (await ops()).labVagrant(open, { env: ctx.env });
-      // Vagrant's exit status is k8slab's: the remote command's, or Vagrant's own failure.
+      const vagrant = (await ops()).labMachines(open, { env: ctx.env });
+      // Vagrant's (or ssh's) exit status is k8slab's: the remote command's, or its own failure.
       const code = opts.command
         ? await vagrant.sshStream(node, opts.command, { stdout: ctx.stdout, stderr: ctx.stderr })
         : await vagrant.sshInteractive(node);
       if (code !== 0) {
+        const tool = vagrant.kind === "ssh" ? "ssh" : "vagrant ssh";
+        const owner = vagrant.kind === "ssh" ? "ssh's (255)" : "Vagrant's";
         throw new K8slabError(
-          `vagrant ssh ${node}${opts.command ? ` -c ${shellQuote(opts.command)}` : ""} exited with code ${code}`,
+          `${tool} ${node}${opts.command ? ` -c ${shellQuote(opts.command)}` : ""} exited with code ${code}`,
           {
             exitCode: code,
             hint: opts.command
-              ? `that is the command's exit status, or Vagrant's when it could not reach ${node} (is it running? k8slab status)`
+              ? `that is the command's exit status, or ${owner} when it could not reach ${node} (is it running? k8slab status)`
               : `is ${node} running? k8slab status`,
           },
         );
@@ -213,13 +221,24 @@ export function destroyCommand(ctx: CliContext): Command {
           return;
         }
         const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
-        const what = `destroy the ${open.plan.nodes.length} VMs of lab ${open.lab.name}${opts.purge ? ` and delete ${open.dir}` : ""}?`;
+        const ssh = open.lab.provider.name === "ssh";
+        if (ssh && !opts.purge) {
+          const { sshDestroyRefusal } = await import("../../ssh/ssh-machines.js");
+          throw sshDestroyRefusal(open.lab.name);
+        }
+        const what = ssh
+          ? `delete ${open.dir} (its PKI, state and logs; the machines of lab ${open.lab.name} stay as they are)?`
+          : `destroy the ${open.plan.nodes.length} VMs of lab ${open.lab.name}${opts.purge ? ` and delete ${open.dir}` : ""}?`;
         if (!opts.force && !(await confirm(ctx, what))) {
           say(ctx, "nothing destroyed");
           return;
         }
         const { destroyLab } = await ops();
         const { vms } = await destroyLab(open, { env: ctx.env, purge: opts.purge ?? false });
+        if (ssh) {
+          say(ctx, `deleted ${open.dir}; the machines of lab ${open.lab.name} are as they were`);
+          return;
+        }
         say(
           ctx,
           `${vms ? "destroyed" : "no VM of"} lab ${open.lab.name}${vms ? "" : " was created"}${opts.purge ? `; deleted ${open.dir}` : `; the PKI stays in ${join(open.dir, "pki")}`}`,
@@ -231,7 +250,7 @@ export function destroyCommand(ctx: CliContext): Command {
 export function doctorCommand(ctx: CliContext): Command {
   return new Command("doctor")
     .description(
-      "check the host: Vagrant, the provider, VirtualBox's host-only range, RAM, CPUs, disk and routes",
+      "check the host: Vagrant, the provider, VirtualBox's host-only range, RAM, CPUs, disk and routes; for an SSH lab, each node's login, sudo, architecture, cgroups and kernel",
     )
     .argument("[lab]", "check against this lab's needs (default: three-node)")
     .addOption(
@@ -249,11 +268,14 @@ export function doctorCommand(ctx: CliContext): Command {
         const { loadLab } = await import("../../lab/load.js");
         const { runDoctor } = await import("../../doctor/doctor.js");
         const { lab } = await loadLab(ref ?? "three-node", { cwd: ctx.cwd });
-        const items = await runDoctor({
-          lab,
-          provider: opts.provider ?? lab.provider.name,
-          dir: opts.dir ?? ctx.cwd,
-        });
+        const provider = opts.provider ?? lab.provider.name;
+        // An SSH lab's checks trust the host keys its lab directory recorded (known_hosts).
+        const { findLabDir } = await import("../../lifecycle/open-lab.js");
+        const dir =
+          provider === "ssh"
+            ? await findLabDir({ cwd: ctx.cwd, lab: ref ?? "three-node", dir: opts.dir })
+            : (opts.dir ?? ctx.cwd);
+        const items = await runDoctor({ lab, provider, dir });
         if (opts.json) printJson(ctx, { checks: items });
         else {
           for (const i of items) {

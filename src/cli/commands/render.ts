@@ -34,9 +34,12 @@ export function renderCommand(ctx: CliContext): Command {
       }
       const shown = relative(ctx.cwd, result.dir) || ".";
       say(ctx, `rendered lab ${result.lab.name} into ${shown} (${result.files.length} files)`);
+      const create = `k8slab create ${ref}${opts.dir ? ` --dir ${opts.dir}` : ""}`;
       say(
         ctx,
-        `next: cd ${shown} && vagrant up   (or: k8slab create ${ref}${opts.dir ? ` --dir ${opts.dir}` : ""})`,
+        result.lab.provider.name === "ssh"
+          ? `next: ${create}   (an SSH lab has no Vagrantfile: k8slab provisions its machines)`
+          : `next: cd ${shown} && vagrant up   (or: ${create})`,
       );
     });
 }
