@@ -567,7 +567,14 @@ describe.skipIf(!E2E)(
       "status shows every stage and node, healthy",
       async () => {
         const t = Date.now();
-        const run = await cli(["status", "--dir", "lab", "--json"]);
+        // status tells the truth at the moment it asks: on emulated VMs sharing two busy cores,
+        // etcd may be between leaders then (/health false for seconds). A few bounded tries.
+        let run = await cli(["status", "--dir", "lab", "--json"]);
+        for (let i = 1; i < 6 && run.exitCode !== 0; i++) {
+          console.error(`[e2e] status not healthy yet (try ${i}): ${run.stdout.slice(0, 400)}`);
+          await new Promise((resolve) => setTimeout(resolve, 20_000));
+          run = await cli(["status", "--dir", "lab", "--json"]);
+        }
         timed("status", t);
         expect(run.exitCode, await explain(run)).toBe(0);
         const status = JSON.parse(run.stdout) as {
@@ -590,7 +597,7 @@ describe.skipIf(!E2E)(
         expect(status.nodes.ready).toEqual(["master", "minion1", "minion2"]);
         expect(status.healthy).toBe(true);
       },
-      STEP_TIMEOUT_MS + 60_000,
+      3 * STEP_TIMEOUT_MS,
     );
 
     it(
