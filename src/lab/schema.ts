@@ -361,12 +361,20 @@ export const labSchema = z
           .regex(PLAIN_PATH, "must be a plain path")
           .optional()
           .describe("Or from this file on the host, relative to the lab file."),
+        pullSecret: z
+          .union([z.boolean(), z.array(dnsLabel).min(1).max(20)])
+          .default(false)
+          .describe(
+            "Also an image pull secret (kubernetes.io/dockerconfigjson, named k8slab-registry) attached to the default service account: true for the default namespace, or a list of namespaces.",
+          ),
       })
       .refine((r) => (r.passwordEnv === undefined) !== (r.passwordFile === undefined), {
         message: "give exactly one of passwordEnv or passwordFile",
       })
       .optional()
-      .describe("A private registry credential reference (seed 003); never the password itself."),
+      .describe(
+        "A private registry's login (seed 003), never the password itself: it is read on the host when the nodes are provisioned and written for Docker on each node (/root/.docker/config.json).",
+      ),
     artifacts: z
       .record(z.string().regex(/^[a-z][a-z0-9-]{0,40}$/, "must be a plain artifact name"), artifact)
       .default({})

@@ -1,5 +1,6 @@
 import { nodeArch, nodeFetches, variantFor } from "../lab/artifact-variants.js";
 import type { VagrantProviderName } from "../lab/providers.js";
+import { pullSecretNamespaces } from "../registry/credentials.js";
 import type { Arch, BoxSpec, Lab, LabArtifact, LabNode, Role } from "../lab/schema.js";
 import type { PkiTopology } from "../pki/topology.js";
 import { nthAddress, parseCidr } from "../util/ipv4.js";
@@ -96,7 +97,7 @@ function phasesFor(node: LabNode, lab: Lab): Phase[] {
       case "flannel-config":
         return isMaster;
       case "addons":
-        return isMaster && lab.addons.length > 0;
+        return isMaster && (lab.addons.length > 0 || pullSecretNamespaces(lab.registry).length > 0);
       case "artifacts":
         return artifactsFor(node, lab).length > 0;
       default:
