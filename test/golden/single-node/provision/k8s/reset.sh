@@ -69,7 +69,7 @@ ensure_service() {
 
 # Undo what the phases installed on k8s (seed 002's reset.yml), so the machine can be
 # used again: units, files, data, iptables rules and interfaces. Only what k8slab made goes; a unit
-# or program of the machine's own (a packaged etcd or Docker) goes back to its distribution default.
+# or program of the machine's own (a packaged etcd or Docker) is put back as it was.
 # Safe to run again, and on a node where only some phases ran. Not undone: swap that base turned
 # off (swapon -a turns it on), sysctl values set at runtime (a reboot resets them), loaded modules.
 changed=no
@@ -187,7 +187,6 @@ if grep -q '^#k8slab# ' /etc/fstab 2>/dev/null; then
   log "swap lines in /etc/fstab active again (swapon -a turns swap on)"
   changed=yes
 fi
-rm_path /var/lib/k8slab
 
 # 4. iptables: what the docker phase added, kube-proxy's and the kubelet's KUBE-* chains with the
 # rules that jump to them, and flannel's FORWARD rules for the pod network.
@@ -227,20 +226,23 @@ for link in flannel.1 docker0; do
   fi
 done
 
-# 6. The machine's own units k8slab stood in for, as they were (last: their Docker makes its
-# docker0 again).
+# 6. The machine's own units k8slab stood in for (a packaged etcd or Docker), as they were before:
+# enabled or not, running or not (the phases recorded it). Last: their Docker makes its docker0.
 systemctl daemon-reload
 for unit in kubelet.service kube-proxy.service docker.service flanneld.service etcd.service; do
   systemctl reset-failed "$unit" 2>/dev/null || true
-  # A packaged unit k8slab stood in for returns to its distribution default (enabled and
-  # running on Debian), as on the machine before.
-  if packaged "$unit" && ! [ -f "/etc/systemd/system/$unit" ]; then
-    systemctl preset "$unit" >/dev/null 2>&1 || true
-    if [ "$(systemctl is-enabled "$unit" 2>/dev/null || true)" = enabled ]; then
-      systemctl start --no-block "$unit" 2>/dev/null || true
-    fi
-  fi
+  record=/var/lib/k8slab/units/$unit
+  if [ ! -s "$record" ] || ! packaged "$unit"; then continue; fi
+  { read -r enabled || true; read -r active || true; } <"$record"
+  case "$enabled" in
+    enabled) systemctl enable "$unit" >/dev/null 2>&1 || true ;;
+    disabled) systemctl disable "$unit" >/dev/null 2>&1 || true ;;
+    masked) systemctl mask "$unit" >/dev/null 2>&1 || true ;;
+  esac
+  if [ "$active" = active ]; then systemctl start --no-block "$unit" 2>/dev/null || true; fi
+  log "$unit of the machine is ${enabled:-as it was}${active:+ and $active} again"
 done
+rm_path /var/lib/k8slab
 
 if [ "$changed" = yes ]; then
   log "done: k8s holds nothing of lab single-node any more"
