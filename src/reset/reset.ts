@@ -16,8 +16,8 @@ import { resetScriptPath } from "../render/render.js";
 
 /**
  * The one thing reset needs of the lab's machine layer: run a script of the lab directory
- * (a path relative to it) on a node as root, throwing when it fails. Vagrant runs the "reset"
- * provisioner (vagrantResetRunner); the SSH provider copies the script over and runs it.
+ * (a path relative to it) on a node as root, throwing when it fails: the lab's Machines run it
+ * as their "reset" provisioner (provisionerResetRunner).
  */
 export interface ScriptRunner {
   runScript(node: string, labDirPath: string): Promise<void>;
@@ -95,11 +95,12 @@ async function resetUnlocked(open: OpenLab, options: ResetOptions): Promise<Rese
 }
 
 /**
- * A Vagrant lab runs the script as its "reset" provisioner (declared with run: "never" in the
- * Vagrantfile, so only an explicit --provision-with runs it).
+ * The lab's machines run the script as the "reset" provisioner: Vagrant's is declared with
+ * run: "never" in the Vagrantfile (only an explicit --provision-with runs it); the SSH provider
+ * uploads provision/<node>/ and runs reset.sh as root.
  */
-export function vagrantResetRunner(vagrant: {
+export function provisionerResetRunner(machines: {
   provision(machine: string, provisioners: string[]): Promise<void>;
 }): ScriptRunner {
-  return { runScript: (node) => vagrant.provision(node, ["reset"]) };
+  return { runScript: (node) => machines.provision(node, ["reset"]) };
 }

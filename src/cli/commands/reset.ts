@@ -4,8 +4,9 @@ import { printJson, say, type CliContext } from "../context.js";
 
 /**
  * `k8slab reset [lab]`: undo what the phases installed on every node, so the machines can be
- * used again (seed 002's reset.yml). A Vagrant lab's VMs are disposable: `destroy` stays the way
- * to start over, and reset refuses unless --in-place asks to keep the VMs (a slow box to boot).
+ * used again (seed 002's reset.yml), on an SSH lab's machines as on Vagrant VMs. A Vagrant lab's
+ * VMs are disposable: `destroy` stays the way to start over, and reset refuses unless --in-place
+ * asks to keep the VMs (a slow box to boot).
  */
 export function resetCommand(ctx: CliContext): Command {
   return new Command("reset")
@@ -24,14 +25,7 @@ export function resetCommand(ctx: CliContext): Command {
       ) => {
         const { openLab } = await import("../../lifecycle/open-lab.js");
         const open = await openLab({ cwd: ctx.cwd, lab, dir: opts.dir });
-        const { isVagrantProvider } = await import("../../lab/providers.js");
-        if (!isVagrantProvider(open.lab.provider.name)) {
-          throw new K8slabError(
-            `lab ${open.lab.name} runs on ${open.lab.provider.name}: its machines are reset over SSH by the SSH provider`,
-            { hint: "this build of k8slab has no SSH provider yet" },
-          );
-        }
-        if (!opts.inPlace) {
+        if (open.lab.provider.name !== "ssh" && !opts.inPlace) {
           throw new K8slabError(
             `lab ${open.lab.name} runs on Vagrant VMs: destroy them to start over, or reset them in place with --in-place`,
             {
@@ -40,11 +34,11 @@ export function resetCommand(ctx: CliContext): Command {
             },
           );
         }
-        const { labVagrant } = await import("../../lifecycle/ops.js");
-        const { resetLab, vagrantResetRunner } = await import("../../reset/reset.js");
-        const vagrant = labVagrant(open, { env: ctx.env });
+        const { labMachines } = await import("../../lifecycle/ops.js");
+        const { resetLab, provisionerResetRunner } = await import("../../reset/reset.js");
+        const machines = labMachines(open, { env: ctx.env });
         const result = await resetLab(open, {
-          runner: vagrantResetRunner(vagrant),
+          runner: provisionerResetRunner(machines),
           nodes: opts.node,
           onNode: (e) => {
             if (e.status !== "start") say(ctx, `${e.node}: reset ${e.status}`);
