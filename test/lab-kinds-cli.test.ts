@@ -67,22 +67,20 @@ describe("Pi cluster labs are dispatched on kind: (issue 12)", () => {
     expect(r.stderr).not.toMatch(/kind: unknown key|nodes\.0\.name|versions/);
   });
 
-  it.each([["create"], ["render"]])(
-    "%s on a Pi lab says it is one for flash-config, exits 2 and writes nothing",
-    async (command) => {
-      const cwd = await tmp();
-      await writeFile(join(cwd, "crew.yaml"), await piText());
-      for (const ref of ["pi-cluster", "crew.yaml"]) {
-        const r = await cli([command, ref], { cwd });
-        expect(r.code).toBe(2);
-        expect(r.stderr).toContain("is a Raspberry Pi cluster lab");
-        expect(r.stderr).toContain(`k8slab flash-config ${ref} --out DIR`);
-        expect(r.stderr).toContain("not supported yet");
-        expect(r.stderr).not.toContain("unknown key");
-      }
-      expect(await readdir(cwd)).toEqual(["crew.yaml"]);
-    },
-  );
+  it("render on a Pi lab renders the lab of its boards (provider ssh, issue 15)", async () => {
+    const cwd = await tmp();
+    await writeFile(join(cwd, "crew.yaml"), await piText());
+    for (const ref of ["pi-cluster", "crew.yaml"]) {
+      const r = await cli(["render", ref, "--dir", `out-${ref}`], { cwd });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).not.toContain("unknown key");
+      expect(await readdir(join(cwd, `out-${ref}`, "provision"))).toEqual([
+        "bee42-crew-01-001",
+        "bee42-crew-01-002",
+        "bee42-crew-01-003",
+      ]);
+    }
+  });
 
   it("flash-config on a VM lab says it is a VM lab", async () => {
     const cwd = await tmp();

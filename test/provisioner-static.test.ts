@@ -266,7 +266,8 @@ describe("static checks of the rendered provisioners", () => {
           .join("\n");
         expect(code, f).not.toMatch(/\b(wget|apt-get|apt|yum|dnf|pip|docker pull|git clone)\b/);
         for (const call of code.match(/\bcurl\b[^\n]*/g) ?? []) {
-          expect(call, f).toMatch(/"\$base_url\/\$name(\.sha256)?"/);
+          // The host's name for the file: the artifact's, or its architecture's (flannel-arm).
+          expect(call, f).toMatch(/"\$base_url\/\$served(\.sha256)?"/);
         }
         for (const url of code.match(/https?:\/\/[^\s"'\\]+/g) ?? []) {
           // Only the lab's own addresses: etcd, the API server (local insecure port).

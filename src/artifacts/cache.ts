@@ -11,9 +11,11 @@ import { z } from "zod";
 import { K8slabError } from "../errors.js";
 import { writeFileAtomic } from "../lab-dir/files.js";
 import { readJsonFile } from "../lab-dir/json-file.js";
+import { labDownloads, type ArtifactDownload } from "../lab/artifact-variants.js";
 import type { Lab } from "../lab/schema.js";
 
-export type Artifact = Lab["artifacts"][string];
+/** One file to download: an artifact, or one architecture's file of it (served as `name`). */
+export type Artifact = Pick<ArtifactDownload, "url" | "sha256">;
 
 /** The per-user cache: one download per laptop, shared by every lab. */
 export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -104,11 +106,12 @@ export async function sha256File(path: string): Promise<string> {
  * recorded on an earlier first download, else it is trusted on this first download and recorded.
  */
 export async function planVerification(
-  lab: Lab,
+  lab: Pick<Lab, "artifacts" | "nodes">,
   cache: string,
 ): Promise<{ name: string; artifact: Artifact; verification: Verification }[]> {
   const pins = await readPins(cache);
-  return Object.entries(lab.artifacts).map(([name, artifact]) => {
+  return labDownloads(lab).map((artifact) => {
+    const name = artifact.name;
     const pinned = pins[artifact.url];
     const verification: Verification = artifact.sha256
       ? { by: "lab", sha256: artifact.sha256 }

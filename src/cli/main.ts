@@ -18,6 +18,7 @@ import {
 import { flashConfigCommand } from "./commands/flash-config.js";
 import { labsCommand } from "./commands/labs.js";
 import { renderCommand } from "./commands/render.js";
+import { resetCommand } from "./commands/reset.js";
 import { validateCommand } from "./commands/validate.js";
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, bug: 70 } as const;
@@ -44,6 +45,7 @@ export function buildProgram(ctx: CliContext): Command {
     sshCommand,
     kubeconfigCommand,
     destroyCommand,
+    resetCommand,
     doctorCommand,
     cacheCommand,
     buildHypriotImageCommand,

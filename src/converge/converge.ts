@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import pRetry from "p-retry";
 import { runDoctor, type DoctorItem } from "../doctor/doctor.js";
@@ -8,6 +8,7 @@ import type { PullProgress } from "../artifacts/index.js";
 import { downloadNarrator } from "../artifacts/progress-text.js";
 import { K8slabError } from "../errors.js";
 import { loadLab, type LoadedLab } from "../lab/load.js";
+import { stageRegistryCredentials } from "../registry/credentials.js";
 import type { LabPlan, NodePlan, Phase } from "../plan/plan.js";
 import type { CheckResult } from "../probe/checks.js";
 import type { Transport } from "../probe/transport.js";
@@ -470,6 +471,13 @@ async function createLocked(
     step: "render",
     status: "done",
     detail: `${dir}; pki: ${pkiNote.join("; ")}`,
+  });
+
+  // The registry's login goes into the nodes' bundles now, read from where the lab file says.
+  await stageRegistryCredentials(dir, plan.lab, {
+    env: options.env,
+    labFileDir: dirname(loaded.path),
+    labRef: options.lab,
   });
 
   const logs = join(dir, "logs");

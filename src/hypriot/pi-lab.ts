@@ -96,6 +96,74 @@ const wifi = z
     "Wi-Fi for the boards (wlan0, DHCP); user-data gets the PSK derived from the passphrase.",
   );
 
+const VERSION = /^v?\d+(\.\d+){0,3}([-+][0-9A-Za-z.-]{1,40})?$/;
+const version = z.string().regex(VERSION, "must be a version such as v1.9.3 or 3.2.18");
+const piArtifactFile = z.strictObject({
+  url: z
+    .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
+    .max(2048)
+    .refine((u) => !/['"`$\\\s<>]/.test(u), "must not contain quotes, spaces, '$' or backslashes"),
+  sha256: z
+    .string()
+    .regex(/^[a-f0-9]{64}$/, "must be 64 lowercase hex digits")
+    .optional()
+    .describe("Upstream's checksum; without one the first download's is recorded."),
+});
+/** One component's files for the boards' architectures. */
+const piArtifactUrls = z
+  .strictObject({ arm: piArtifactFile.optional(), arm64: piArtifactFile.optional() })
+  .describe("The file for 32-bit ARM boards (arm) and for 64-bit ones (arm64).");
+
+/**
+ * What `k8slab create` installs on the boards (the lab becomes a lab of provider ssh). Every
+ * field has a default: the upstream release archives of each component, per architecture.
+ */
+const kubernetesSection = z
+  .strictObject({
+    version: version
+      .default("v1.9.3")
+      .describe("Kubernetes release: kubernetes-server-linux-<arch>.tar.gz from dl.k8s.io."),
+    etcd: version
+      .default("v3.2.18")
+      .describe(
+        "etcd release (GitHub archives; arm64 from v3.2.1 on, and no 32-bit ARM build at all).",
+      ),
+    flannel: version.default("v0.10.0").describe("flannel release (GitHub archives)."),
+    docker: z
+      .union([z.literal("image"), piArtifactUrls])
+      .default("image")
+      .describe(
+        "image: the Docker the HypriotOS image ships; or Docker's static archive per architecture ({arm: {url}, arm64: {url}}, a version Kubernetes 1.9 supports: up to 17.03).",
+      ),
+    arch: z
+      .enum(["arm", "arm64"])
+      .optional()
+      .describe(
+        "The boards' architecture (default: the release's; every HypriotOS v1.x image is 32-bit, arm).",
+      ),
+    artifacts: z
+      .strictObject({
+        kubernetes: piArtifactUrls.optional(),
+        etcd: piArtifactUrls.optional(),
+        flannel: piArtifactUrls.optional(),
+      })
+      .default({})
+      .describe("Other locations for the components' archives, per architecture."),
+    podNetwork: z
+      .string()
+      .regex(CIDR, "must be an IPv4 CIDR such as 10.244.0.0/16")
+      .default("10.244.0.0/16"),
+    serviceNetwork: z
+      .string()
+      .regex(CIDR, "must be an IPv4 CIDR such as 10.32.0.0/24")
+      .default("10.32.0.0/24"),
+    schedulableMaster: z
+      .boolean()
+      .default(false)
+      .describe("Pods may run on the master too (seed 000); always so with no nodes."),
+  })
+  .describe("What `k8slab create` installs on the boards (over SSH, as the user above).");
+
 export const piLabSchema = z.strictObject({
   kind: z.literal(PI_LAB_KIND).describe("Marks a Raspberry Pi cluster lab."),
   name: z
@@ -161,11 +229,14 @@ export const piLabSchema = z.strictObject({
     .default({ domain: "local" }),
   master: board,
   nodes: z.array(board).max(100).default([]),
+  kubernetes: kubernetesSection.optional(),
 });
 
 export type PiLab = z.infer<typeof piLabSchema>;
 export type PiBoard = z.infer<typeof board> & { role: "master" | "node" };
 export type PiWifi = z.infer<typeof wifi>;
+export type PiKubernetes = z.infer<typeof kubernetesSection>;
+export type PiArtifactUrls = z.infer<typeof piArtifactUrls>;
 
 export function boardsOf(lab: PiLab): PiBoard[] {
   return [

@@ -40,8 +40,8 @@ export function builtinPiLabsDir(): string {
 /**
  * Resolve a built-in lab name (`three-node`, `pi-cluster`) or a path to a lab file, and say
  * which kind of lab it is, from its top-level `kind:` line. Every command that takes a lab
- * dispatches on this: `create` and `render` refuse a Pi lab, `validate` checks it with its own
- * schema, `flash-config` refuses a VM lab. The `kind:` line is read with a pattern, not the YAML
+ * dispatches on this: `create` and `render` take a Pi lab as the lab of its boards over SSH
+ * (loadLab), `validate` checks it with its own schema, `flash-config` refuses a VM lab. The `kind:` line is read with a pattern, not the YAML
  * parser, so a file with a syntax error is still checked against the right schema.
  */
 export async function resolveLab(ref: string, cwd: string): Promise<LabRef> {
@@ -70,26 +70,6 @@ export async function resolveLab(ref: string, cwd: string): Promise<LabRef> {
     {
       exitCode: 2,
       hint: `built-in labs: ${names.join(", ")} (see: k8slab labs); or give a path to a lab file`,
-    },
-  );
-}
-
-/** A VM lab's file, for the commands that build VMs; a Pi lab is refused with what to run. */
-export async function resolveLabFile(
-  ref: string,
-  cwd: string,
-): Promise<{ file: string; path: string }> {
-  const { file, path, kind } = await resolveLab(ref, cwd);
-  if (kind === PI_LAB_KIND) throw piLabRefused(ref, file);
-  return { file, path };
-}
-
-function piLabRefused(ref: string, file: string): K8slabError {
-  return new K8slabError(
-    `${file} is a Raspberry Pi cluster lab (kind: ${PI_LAB_KIND}): k8slab writes the boards' SD card files for it with flash-config; creating a cluster on the boards is not supported yet`,
-    {
-      exitCode: 2,
-      hint: `k8slab flash-config ${ref} --out DIR (check it with: k8slab validate ${ref})`,
     },
   );
 }
@@ -125,9 +105,16 @@ export function validateLabText(file: string, text: string): { lab?: Lab; proble
   return value ? { lab: value, problems } : { problems };
 }
 
-/** Load a lab (built-in name or path); throws LabInvalidError listing every problem. */
+/**
+ * Load a lab (built-in name or path); throws LabInvalidError listing every problem. A Raspberry
+ * Pi cluster lab is loaded as the lab of its boards over SSH (src/hypriot/pi-to-lab.ts).
+ */
 export async function loadLab(ref: string, options: { cwd: string }): Promise<LoadedLab> {
-  const { file, path } = await resolveLabFile(ref, options.cwd);
+  const { file, path, kind } = await resolveLab(ref, options.cwd);
+  if (kind === PI_LAB_KIND) {
+    const { loadPiLabAsLab } = await import("../hypriot/pi-to-lab.js");
+    return loadPiLabAsLab(ref, options);
+  }
   const text = await readFile(path, "utf8");
   const { lab, problems } = validateLabText(file, text);
   if (!lab) throw new LabInvalidError(file, problems);

@@ -1,4 +1,5 @@
-import type { Lab, Role } from "./schema.js";
+import { nodeArch, nodeFetches, SERVED_NAME_MAX, servedName } from "./artifact-variants.js";
+import { ARCHES, type Lab, type Role } from "./schema.js";
 import { ruleError, ruleWarning, type RuleProblem } from "./problems.js";
 import type { Rule } from "./validate-yaml.js";
 import { ADDON_IMAGES, cachedImages } from "../plan/plan.js";
@@ -271,11 +272,62 @@ function checkArtifacts(lab: Lab): RuleProblem[] {
   const seen = new Map<string, string>();
   const problems: RuleProblem[] = [];
   for (const [name, a] of Object.entries(lab.artifacts)) {
-    const other = seen.get(a.url);
-    if (other !== undefined) {
-      problems.push(err(`artifacts.${name}.url`, `the same URL as artifacts.${other}`));
-    } else seen.set(a.url, name);
+    const files: [string, string][] = a.urls
+      ? Object.entries(a.urls).map(([arch, v]) => [`artifacts.${name}.urls.${arch}.url`, v.url])
+      : a.url !== undefined
+        ? [[`artifacts.${name}.url`, a.url]]
+        : [];
+    for (const [path, url] of files) {
+      const other = seen.get(url);
+      if (other !== undefined) problems.push(err(path, `the same URL as ${other}`));
+      else seen.set(url, path.replace(/\.url$/, ""));
+    }
   }
+  return [...problems, ...checkArtifactArches(lab)];
+}
+
+/** Every node gets its architecture's file of a per-architecture artifact; served names are unique. */
+function checkArtifactArches(lab: Lab): RuleProblem[] {
+  const problems: RuleProblem[] = [];
+  /** Files of per-architecture artifacts, by served name: "flannel-arm" -> "flannel's arm file". */
+  const served = new Map<string, string>();
+  for (const [name, a] of Object.entries(lab.artifacts)) {
+    for (const arch of ARCHES) {
+      if (!a.urls?.[arch]) continue;
+      const file = servedName(name, a, arch);
+      if (file.length > SERVED_NAME_MAX) {
+        problems.push(
+          err(
+            `artifacts.${name}`,
+            `with urls, the name must leave room for -${arch}: at most ${SERVED_NAME_MAX - arch.length - 1} characters`,
+          ),
+        );
+      }
+      served.set(file, `artifacts.${name}'s ${arch} file`);
+    }
+  }
+  for (const [name, a] of Object.entries(lab.artifacts)) {
+    const other = served.get(name);
+    if (!a.urls && other !== undefined) {
+      problems.push(
+        err(`artifacts.${name}`, `the host serves ${other} as ${name} too`, "rename this artifact"),
+      );
+    }
+  }
+  lab.nodes.forEach((node, i) => {
+    const arch = nodeArch(node);
+    for (const [name, a] of Object.entries(lab.artifacts)) {
+      if (a.urls && !a.urls[arch] && nodeFetches(node, a)) {
+        problems.push(
+          err(
+            `artifacts.${name}.urls`,
+            `node ${node.name} is ${arch}, and artifacts.${name} has no ${arch} url`,
+            `add urls.${arch} to artifacts.${name}, or set nodes.${i}.arch`,
+          ),
+        );
+      }
+    }
+  });
   return problems;
 }
 

@@ -57,6 +57,11 @@ export type Role = z.infer<typeof role>;
 
 export { PROVIDERS, type ProviderName } from "./providers.js";
 
+/** CPU architectures a node can have, as Kubernetes, etcd and flannel name their release files. */
+export const ARCHES = ["amd64", "arm", "arm64"] as const;
+export const arch = z.enum(ARCHES);
+export type Arch = z.infer<typeof arch>;
+
 const boxSpec = z.strictObject({
   name: z.string().regex(BOX, "must be a box name such as ubuntu/xenial64"),
   version: z
@@ -137,6 +142,11 @@ const node = z
       )
       .default({})
       .describe("Kubernetes node labels (seed 003)."),
+    arch: arch
+      .optional()
+      .describe(
+        "The node's CPU architecture (default amd64): it picks the artifacts' `urls` variant (arm: 32-bit ARM such as HypriotOS v1.x boards).",
+      ),
     ssh: nodeSsh.optional(),
   })
   .describe("One VM, or one machine of an SSH lab.");
@@ -147,21 +157,35 @@ const BIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/;
 
 export const ARTIFACT_KINDS = ["archive", "binary", "image", "file"] as const;
 
+const artifactUrl = z
+  .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
+  .max(2048)
+  .refine((u) => !/['"`$\\\s<>]/.test(u), "must not contain quotes, spaces, '$' or backslashes");
+const artifactSha256 = z
+  .string()
+  .regex(SHA256, "must be 64 lowercase hex digits")
+  .optional()
+  .describe(
+    "Upstream's published checksum. Without one, the first download's checksum is recorded in the cache and every later use is verified against it.",
+  );
+
+/** One architecture's file of a per-architecture artifact. */
+const artifactVariant = z.strictObject({ url: artifactUrl, sha256: artifactSha256 });
+
 const artifact = z
   .strictObject({
-    url: z
-      .url({ protocol: /^https?$/, error: "must be an http(s) URL" })
-      .max(2048)
-      .refine(
-        (u) => !/['"`$\\\s<>]/.test(u),
-        "must not contain quotes, spaces, '$' or backslashes",
-      ),
-    sha256: z
-      .string()
-      .regex(SHA256, "must be 64 lowercase hex digits")
+    url: artifactUrl.optional().describe("The file, the same for every node (or give `urls`)."),
+    sha256: artifactSha256,
+    urls: z
+      .strictObject({
+        amd64: artifactVariant.optional(),
+        arm: artifactVariant.optional(),
+        arm64: artifactVariant.optional(),
+      })
+      .refine((u) => Object.keys(u).length > 0, "give at least one architecture's url")
       .optional()
       .describe(
-        "Upstream's published checksum. Without one, `k8slab cache pull --pin` records the checksum of the first download and verifies against it afterwards.",
+        "Instead of `url`: one file per node architecture ({amd64: {url, sha256}, arm: {...}, arm64: {...}}); each node gets its architecture's file under the artifact's name.",
       ),
     kind: z
       .enum(ARTIFACT_KINDS)
@@ -184,6 +208,13 @@ const artifact = z
   .refine((a) => a.kind !== "archive" || Object.keys(a.install).length > 0, {
     message: "an archive needs `install:` (member path: program name)",
     path: ["install"],
+  })
+  .refine((a) => (a.url === undefined) !== (a.urls === undefined), {
+    message: "give exactly one of url (one file for every node) or urls (one per architecture)",
+  })
+  .refine((a) => a.urls === undefined || a.sha256 === undefined, {
+    message: "with urls, give each architecture's sha256 beside its url",
+    path: ["sha256"],
   });
 
 export const labSchema = z
@@ -330,12 +361,20 @@ export const labSchema = z
           .regex(PLAIN_PATH, "must be a plain path")
           .optional()
           .describe("Or from this file on the host, relative to the lab file."),
+        pullSecret: z
+          .union([z.boolean(), z.array(dnsLabel).min(1).max(20)])
+          .default(false)
+          .describe(
+            "Also an image pull secret (kubernetes.io/dockerconfigjson, named k8slab-registry) attached to the default service account: true for the default namespace, or a list of namespaces.",
+          ),
       })
       .refine((r) => (r.passwordEnv === undefined) !== (r.passwordFile === undefined), {
         message: "give exactly one of passwordEnv or passwordFile",
       })
       .optional()
-      .describe("A private registry credential reference (seed 003); never the password itself."),
+      .describe(
+        "A private registry's login (seed 003), never the password itself: it is read on the host when the nodes are provisioned and written for Docker on each node (/root/.docker/config.json).",
+      ),
     artifacts: z
       .record(z.string().regex(/^[a-z][a-z0-9-]{0,40}$/, "must be a plain artifact name"), artifact)
       .default({})
@@ -351,3 +390,4 @@ export const labSchema = z
 export type Lab = z.infer<typeof labSchema>;
 export type LabInput = z.input<typeof labSchema>;
 export type LabNode = Lab["nodes"][number];
+export type LabArtifact = Lab["artifacts"][string];

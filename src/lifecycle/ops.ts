@@ -10,6 +10,7 @@ import {
 import { readState, statePath } from "../converge/state.js";
 import { provisionersFor } from "../converge/stages.js";
 import { K8slabError } from "../errors.js";
+import { labFileDirOf, stageRegistryCredentials } from "../registry/credentials.js";
 import { withLabLock } from "../lab-dir/lock.js";
 import { checkPkiExpiry, type ExpiryWarning } from "../pki/index.js";
 import { PHASES, type LabPlan, type Phase } from "../plan/plan.js";
@@ -171,6 +172,13 @@ async function provisionUnlocked(
       `the VMs of lab ${open.lab.name} are not running: ${notRunning.join(", ")}`,
       { hint: `boot them: cd ${open.dir} && vagrant up --no-provision (or: ${create})` },
     );
+  }
+  if (phases.includes("pki")) {
+    await stageRegistryCredentials(open.dir, open.lab, {
+      env: options.env,
+      labFileDir: await labFileDirOf(open.dir),
+      labRef: options.labRef,
+    });
   }
   const ran: { node: string; provisioners: string[] }[] = [];
   await withArtifacts(open.plan, options, async (env) => {

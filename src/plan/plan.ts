@@ -1,5 +1,7 @@
+import { nodeArch, nodeFetches, variantFor } from "../lab/artifact-variants.js";
 import type { VagrantProviderName } from "../lab/providers.js";
-import type { BoxSpec, Lab, LabNode, Role } from "../lab/schema.js";
+import { pullSecretNamespaces } from "../registry/credentials.js";
+import type { Arch, BoxSpec, Lab, LabArtifact, LabNode, Role } from "../lab/schema.js";
 import type { PkiTopology } from "../pki/topology.js";
 import { nthAddress, parseCidr } from "../util/ipv4.js";
 
@@ -23,6 +25,8 @@ export type Phase = (typeof PHASES)[number];
 export const PORTS = { etcdClient: 2379, etcdPeer: 2380, apiServer: 6443 } as const;
 
 export interface NodePlan extends LabNode {
+  /** The node's architecture (the lab's, or amd64). */
+  arch: Arch;
   /** Phases that run on this node, in order. */
   phases: Phase[];
   isMaster: boolean;
@@ -93,7 +97,7 @@ function phasesFor(node: LabNode, lab: Lab): Phase[] {
       case "flannel-config":
         return isMaster;
       case "addons":
-        return isMaster && lab.addons.length > 0;
+        return isMaster && (lab.addons.length > 0 || pullSecretNamespaces(lab.registry).length > 0);
       case "artifacts":
         return artifactsFor(node, lab).length > 0;
       default:
@@ -102,8 +106,15 @@ function phasesFor(node: LabNode, lab: Lab): Phase[] {
   });
 }
 
-export type PlannedArtifact = Lab["artifacts"][string] & {
+/**
+ * An artifact as one node gets it: its file for the node's architecture (`url`, `sha256`),
+ * fetched from the host as `served` and kept on the node under `name`.
+ */
+export type PlannedArtifact = Omit<LabArtifact, "url" | "urls" | "sha256"> & {
   name: string;
+  served: string;
+  url: string;
+  sha256?: string | undefined;
   /** For an image from the host cache: the name Docker knows it by once loaded (url: docker://<reference>). */
   image?: string;
 };
@@ -144,6 +155,7 @@ export function imageReference(artifact: PlannedArtifact): string {
 export function cachedImages(lab: Lab): PlannedArtifact[] {
   const entry = (name: string, ref: string, roles?: Role[]): PlannedArtifact => ({
     name,
+    served: name,
     url: `${IMAGE_URL}${ref}`,
     image: imageName(ref),
     kind: "image",
@@ -169,14 +181,31 @@ export function cachedImages(lab: Lab): PlannedArtifact[] {
 }
 
 /**
- * The artifacts a node fetches: those without a role filter, and those for one of its roles;
- * then the images it loads from the host cache.
+ * The artifacts a node fetches: those without a role filter, and those for one of its roles, in
+ * the variant for its architecture (validation makes sure there is one); then the images it
+ * loads from the host cache.
  */
 export function artifactsFor(node: LabNode, lab: Lab): PlannedArtifact[] {
+  const files = Object.entries(lab.artifacts).flatMap(([name, a]): PlannedArtifact[] => {
+    if (!nodeFetches(node, a)) return [];
+    const variant = variantFor(name, a, nodeArch(node));
+    if (!variant) return [];
+    return [
+      {
+        kind: a.kind,
+        install: a.install,
+        ...(a.roles ? { roles: a.roles } : {}),
+        name,
+        served: variant.name,
+        url: variant.url,
+        sha256: variant.sha256,
+      },
+    ];
+  });
   return [
-    ...Object.entries(lab.artifacts).map(([name, a]) => ({ ...a, name })),
-    ...cachedImages(lab),
-  ].filter((a) => !a.roles || a.roles.some((r) => node.roles.includes(r)));
+    ...files,
+    ...cachedImages(lab).filter((a) => !a.roles || a.roles.some((r) => node.roles.includes(r))),
+  ];
 }
 
 /** Derive the plan. The lab must already be valid (exactly one control-plane node). */
@@ -186,6 +215,7 @@ export function planLab(lab: Lab): LabPlan {
     const schedulable = has(node, "worker") || (isMaster && lab.cluster.schedulableMaster);
     return {
       ...node,
+      arch: nodeArch(node),
       isMaster,
       isEtcd: has(node, "etcd"),
       schedulable,

@@ -21,6 +21,11 @@ export function scriptPath(node: Pick<NodePlan, "name">, phase: Phase): string {
   return `provision/${node.name}/${phase}.sh`;
 }
 
+/** Where a node's reset script lives inside the lab directory. */
+export function resetScriptPath(node: Pick<NodePlan, "name">): string {
+  return `provision/${node.name}/reset.sh`;
+}
+
 async function renderTemplate(
   name: string,
   data: Record<string, unknown>,
@@ -74,6 +79,18 @@ export async function renderLab(plan: LabPlan, meta: { labFile: string }): Promi
         mode: 0o755,
       });
     }
+  }
+  for (const node of plan.nodes) {
+    // Not a phase: `k8slab reset` runs it to undo every phase on the node.
+    files.push({
+      path: resetScriptPath(node),
+      content: await renderTemplate(
+        "provision/reset.sh.ejs",
+        { ...common, node, phase: "reset" },
+        shellQuote,
+      ),
+      mode: 0o755,
+    });
   }
   files.push({
     path: "lab.json",

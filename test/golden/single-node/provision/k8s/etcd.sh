@@ -80,6 +80,13 @@ case "$etcd_version" in
   *) enable_v2="--enable-v2=true" ;;
 esac
 
+# How the machine's own etcd.service was (enabled? running?) before k8slab's unit stood in for
+# it, once, so that k8slab's reset.sh puts it back as it was.
+if [ ! -e /var/lib/k8slab/units/etcd.service ] && ! grep -qs '(k8slab)$' /etc/systemd/system/etcd.service; then
+  install -d -m 0755 /var/lib/k8slab/units
+  printf '%s\n' "$(systemctl is-enabled etcd.service 2>/dev/null || true)" \
+    "$(systemctl is-active etcd.service 2>/dev/null || true)" >/var/lib/k8slab/units/etcd.service
+fi
 put_file /etc/systemd/system/etcd.service 0644 <<UNIT
 [Unit]
 Description=etcd member k8s (k8slab)

@@ -79,7 +79,8 @@ if [ -n "$(swapon --show --noheadings 2>/dev/null)" ]; then
   fi
 fi
 if grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab; then
-  sed -ri 's/^([^#].*[[:space:]]swap[[:space:]].*)$/# \1/' /etc/fstab
+  # Marked, so that k8slab's reset.sh makes them active again.
+  sed -ri 's/^([^#].*[[:space:]]swap[[:space:]].*)$/#k8slab# \1/' /etc/fstab
   log "swap disabled in /etc/fstab"
 fi
 
@@ -110,6 +111,11 @@ while read -r key _ value; do
   fi
 done </etc/sysctl.d/90-k8slab.conf
 
+# The file as it was before k8slab first changed it, for reset.sh.
+if [ ! -e /var/lib/k8slab/hosts.before ]; then
+  install -d -m 0755 /var/lib/k8slab
+  cp -p /etc/hosts /var/lib/k8slab/hosts.before
+fi
 # Every node by name, on its private address. Vagrant maps the hostname to 127.0.1.1, which
 # would make etcd and the kubelet advertise a loopback address: drop that line.
 {

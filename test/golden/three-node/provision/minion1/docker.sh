@@ -82,6 +82,13 @@ dockerd_dir=$(dirname "$dockerd_bin")
 # A whole unit, not a drop-in: static Docker binaries (an artifact) come without one, and a
 # packaged docker.service is overridden by this file. Where the distribution runs containerd as a
 # service, dockerd uses it (one that starts its own gives up after seconds on a slow VM).
+# How the machine's own docker.service was (enabled? running?) before k8slab's unit stood in for
+# it, once, so that k8slab's reset.sh puts it back as it was.
+if [ ! -e /var/lib/k8slab/units/docker.service ] && ! grep -qs '(k8slab)$' /etc/systemd/system/docker.service; then
+  install -d -m 0755 /var/lib/k8slab/units
+  printf '%s\n' "$(systemctl is-enabled docker.service 2>/dev/null || true)" \
+    "$(systemctl is-active docker.service 2>/dev/null || true)" >/var/lib/k8slab/units/docker.service
+fi
 put_file /etc/systemd/system/docker.service 0644 <<UNIT
 [Unit]
 Description=Docker, on flannel's subnet (k8slab)

@@ -75,13 +75,14 @@ bin=/opt/k8slab/bin
 files=/opt/k8slab/files
 install -d -m 0755 "$cache" "$bin" "$files"
 
-# fetch NAME SHA256: leave a verified copy in $cache/NAME. SHA256 is empty for a pinned artifact
-# and for an image: the host says which file it serves now (an image re-pulled at a new digest is
-# fetched again), and without a host the copy here is checked against its own record.
+# fetch NAME SHA256 [SERVED]: leave a verified copy in $cache/NAME. SHA256 is empty for a pinned
+# artifact and for an image: the host says which file it serves now (an image re-pulled at a new
+# digest is fetched again), and without a host the copy here is checked against its own record.
+# SERVED is the host's name for the file (NAME-ARCH: this node's architecture's file).
 fetch() {
-  local name=$1 sha=$2 dest="$cache/$1"
+  local name=$1 sha=$2 dest="$cache/$1" served=${3:-$1}
   if [ -z "$sha" ] && [ -n "$base_url" ]; then
-    sha=$(curl -fsS --max-time 30 "$base_url/$name.sha256") || die "cannot get the checksum of $name from $base_url"
+    sha=$(curl -fsS --max-time 30 "$base_url/$served.sha256") || die "cannot get the checksum of $name from $base_url"
   elif [ -z "$sha" ] && [ -f "$dest.sha256" ]; then
     sha=$(cat "$dest.sha256")
   fi
@@ -89,8 +90,8 @@ fetch() {
     return 0
   fi
   [ -n "$base_url" ] || die "artifact $name is not on this VM and no host serves it; run: k8slab provision three-node --phase artifacts (it serves the host's cache)"
-  log "fetching $name from the host"
-  curl -fsS --retry 3 --connect-timeout 10 --max-time 1800 -o "$dest.part" "$base_url/$name" ||
+  log "fetching $served from the host"
+  curl -fsS --retry 3 --connect-timeout 10 --max-time 1800 -o "$dest.part" "$base_url/$served" ||
     die "cannot fetch $name from $base_url; is k8slab still serving? (k8slab cache pull three-node)"
   echo "$sha  $dest.part" | sha256sum -c --status || {
     rm -f "$dest.part"
