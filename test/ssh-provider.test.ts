@@ -38,6 +38,7 @@ const NODES = [
 /** What the doctor or a failed create might have left on a node: none of it may change. */
 const LISTING =
   "find /etc /opt /usr/local /tmp /var/lib /root /home -xdev -not -path '/var/lib/systemd/*' 2>/dev/null | sort";
+const LINKS = String.raw`ip -o link | sed -E 's/^[0-9]+: ([^:@]+)[:@].*/\1/' | sort`;
 
 describe.skipIf(!available.ok)(
   `the ssh provider on nspawn nodes running sshd${available.ok ? "" : ` (skipped: ${available.reason})`}`,
@@ -125,6 +126,16 @@ describe.skipIf(!available.ok)(
     const node = (name: string) => cluster.nodes.find((n) => n.name === name)!;
     const listings = () =>
       Promise.all(cluster.nodes.map(async (n) => (await n.exec(LISTING)).stdout));
+    /** What reset must give back: the files, the links, and the state of the packaged etcd. */
+    const machineState = () =>
+      Promise.all(
+        cluster.nodes.map(async (n) => ({
+          files: (await n.exec(LISTING)).stdout,
+          links: (await n.exec(LINKS)).stdout,
+          etcd: (await n.exec("systemctl is-enabled etcd; systemctl is-active etcd")).stdout,
+        })),
+      );
+    let pristine: Awaited<ReturnType<typeof machineState>> | undefined;
 
     it("doctor names the node that refuses SSH and the user without sudo, and changes nothing", async () => {
       const stopped = await node("minion1").exec(
@@ -197,6 +208,7 @@ describe.skipIf(!available.ok)(
     });
 
     it("create reaches etcd quorum and the flannel network over SSH, with the lab's PKI", async () => {
+      pristine = await machineState();
       const t0 = Date.now();
       const run = await k8slab(["create", "lab.yaml", "--dir", "lab", "--until", "network"]);
       console.log(`create --until network over ssh: ${Date.now() - t0} ms`);
@@ -296,6 +308,35 @@ describe.skipIf(!available.ok)(
       expect(journal).toMatch(/=== journalctl -u kubelet/);
     });
 
+    it("k8slab reset over SSH gives every node back as it was before create", async () => {
+      expect(pristine, "the create test records the nodes first").toBeDefined();
+      const changed = await machineState();
+      expect(changed).not.toEqual(pristine);
+      const t0 = Date.now();
+      const run = await k8slab(["reset", "--dir", "lab"], 480_000);
+      console.log(`reset over ssh: ${Date.now() - t0} ms`);
+      expect(run.exitCode, run.all).toBe(0);
+      expect(run.stderr).toMatch(/reset master, minion1, minion2/);
+      const after = await machineState();
+      // Per node, what differs from before create (line by line): nothing.
+      const differences = after.map((state, i) =>
+        (["files", "links", "etcd"] as const).flatMap((part) => {
+          const was = new Set(pristine![i]![part].split("\n"));
+          const is = new Set(state[part].split("\n"));
+          return [
+            ...[...is].filter((l) => !was.has(l)).map((l) => `+ ${part} ${l}`),
+            ...[...was].filter((l) => !is.has(l)).map((l) => `- ${part} ${l}`),
+          ];
+        }),
+      );
+      expect(differences).toEqual([[], [], []]);
+      expect(after).toEqual(pristine);
+      // A second reset finds nothing to undo and changes nothing.
+      const again = await k8slab(["reset", "--dir", "lab"], 480_000);
+      expect(again.exitCode, again.all).toBe(0);
+      expect(await machineState()).toEqual(pristine);
+    });
+
     it("a node that stops answering is unreachable in status; destroy refuses an SSH lab", async () => {
       await node("minion2").exec("systemctl stop ssh.service");
       try {
@@ -316,14 +357,15 @@ describe.skipIf(!available.ok)(
         /k8slab did not create: it does not destroy them\nhint: k8slab reset three-node/,
       );
       expect(existsSync(join(work, "lab", "pki", "ca-key.pem"))).toBe(true);
-      // --purge deletes only the lab directory: the nodes keep running what was installed.
+      // --purge deletes only the lab directory: the nodes are not touched.
+      const untouched = await listings();
       const purge = await k8slab(["destroy", "--dir", "lab", "--force", "--purge"], 60_000);
       expect(purge.exitCode, purge.all).toBe(0);
       expect(purge.stderr).toMatch(
         /deleted .*lab; the machines of lab three-node are as they were/,
       );
       expect(existsSync(join(work, "lab"))).toBe(false);
-      expect((await node("master").exec("systemctl is-active etcd")).stdout.trim()).toBe("active");
+      expect(await listings()).toEqual(untouched);
     });
   },
 );

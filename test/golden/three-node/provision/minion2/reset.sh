@@ -243,6 +243,8 @@ for unit in kubelet.service kube-proxy.service docker.service flanneld.service e
   log "$unit of the machine is ${enabled:-as it was}${active:+ and $active} again"
 done
 rm_path /var/lib/k8slab
+# Where an SSH lab's scripts are uploaded to (this one included: bash holds it open while it runs).
+rm_path /tmp/k8slab-provision
 
 if [ "$changed" = yes ]; then
   log "done: minion2 holds nothing of lab three-node any more"
