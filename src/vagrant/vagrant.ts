@@ -18,15 +18,12 @@ import {
  * failure becomes one VagrantError with the command, exit code and the tail of its output.
  */
 export class VagrantError extends MachineCommandError {
-  constructor(opts: {
-    command: string;
-    exitCode?: number | undefined;
-    signal?: string | undefined;
-    output: string;
-    kind: string;
-    logFile: string;
-    timedOut?: boolean | undefined;
-  }) {
+  constructor(
+    opts: Omit<
+      ConstructorParameters<typeof MachineCommandError>[0],
+      "transient" | "provisioningFailure"
+    >,
+  ) {
     super({
       ...opts,
       transient: isTransient(opts.kind, opts.output),
