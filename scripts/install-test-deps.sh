@@ -13,6 +13,8 @@ packages=(
   # the end-to-end test: real VMs with vagrant-libvirt under QEMU, and its test box
   vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
   util-linux extlinux syslinux-common fdisk e2fsprogs
+  # the SSH provider's tests: OpenSSH's client on the host (the nodes get sshd in their rootfs)
+  openssh-client
   # container images: a registry server in a network namespace, and skopeo to push and inspect
   docker-registry skopeo
   # programs for the e2e's test images (a pause stand-in and a workload), pushed to that registry
