@@ -7,8 +7,8 @@ import { join } from "node:path";
 import { validateLabText } from "../src/lab/load.js";
 import { ensurePki } from "../src/pki/index.js";
 import { pkiTopology, planLab, type LabPlan } from "../src/plan/plan.js";
-import { checkAddons, checkApiServer, checkNodesReady } from "../src/probe/checks.js";
-import { HttpsTransport } from "../src/probe/transport.js";
+import { checkAddons, checkApiServer, checkEtcd, checkNodesReady } from "../src/probe/checks.js";
+import { HttpsTransport, type Transport } from "../src/probe/transport.js";
 import { editedLab } from "./helpers/labs.js";
 import { useTmpDirs } from "./helpers/tmp.js";
 
@@ -156,5 +156,53 @@ describe("API server checks over the lab's TLS", () => {
     const stranger = new HttpsTransport(join(other, "pki"));
     const result = await checkApiServer(plan, stranger);
     expect(result.ok).toBe(false);
+  });
+});
+
+describe("etcd's /health, asked one member at a time", () => {
+  /** A transport that answers /health from a script per member, and /v2/members with all three. */
+  function scripted(health: Record<string, boolean[]>): Transport & { asked: string[] } {
+    const asked: string[] = [];
+    return {
+      kind: "https",
+      asked,
+      async get(url) {
+        const { hostname, pathname } = new URL(url);
+        asked.push(`${hostname}${pathname}`);
+        if (pathname === "/v2/members") {
+          const members = plan.etcdMembers.map((m) => ({
+            name: m.name,
+            peerURLs: [`https://${m.ip}:2380`],
+            clientURLs: [`https://${m.ip}:2379`],
+          }));
+          return { status: 200, body: JSON.stringify({ members }) };
+        }
+        const answers = health[hostname]!;
+        const healthy = answers.length > 1 ? answers.shift()! : answers[0]!;
+        return healthy
+          ? { status: 200, body: '{"health":"true"}' }
+          : { status: 503, body: '{"health":"false"}' };
+      },
+    };
+  }
+
+  it("a member whose /health misses once (a slow read) is healthy; one that says false three times is not", async () => {
+    const [a, b, c] = plan.etcdMembers.map((m) => m.ip);
+    const t = scripted({ [a!]: [false, true], [b!]: [true], [c!]: [false] });
+    const result = await checkEtcd(plan, t);
+    expect(result.ok).toBe(false);
+    expect(result.quorum).toBe(true);
+    expect(result.failing).toEqual([plan.etcdMembers[2]!.name]);
+    expect(result.detail).toMatch(/^2 of 3 etcd members healthy/);
+    // In order, one at a time: a twice, b once, c three times, then the member list.
+    expect(t.asked).toEqual([
+      `${a}/health`,
+      `${a}/health`,
+      `${b}/health`,
+      `${c}/health`,
+      `${c}/health`,
+      `${c}/health`,
+      `${a}/v2/members`,
+    ]);
   });
 });

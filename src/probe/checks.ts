@@ -27,6 +27,10 @@ export interface EtcdMember {
   clientURLs: string[];
 }
 
+/** Answers of "false" a member gets before it counts as unhealthy, and the pause between. */
+const HEALTH_ATTEMPTS = 3;
+const HEALTH_RETRY_MS = 1_000;
+
 /**
  * Every etcd member the lab declares answers /health and is listed as a member. Quorum alone (a
  * majority) is progress, not done: a member that never started would sink the next failure.
@@ -35,22 +39,32 @@ export async function checkEtcd(
   plan: LabPlan,
   t: Transport,
 ): Promise<CheckResult & { members: EtcdMember[]; quorum: boolean }> {
-  const seen = await Promise.all(
-    plan.etcdMembers.map(async (m) => {
+  // One member at a time, and a member that answers "false" is asked again (bounded): etcd's
+  // /health is a linearizable read with a 1 s deadline of its own, which on a slow VM misses now
+  // and then (seen on emulated VMs: false on two members and true on the third, then the other
+  // way round), and more often when every member is asked at once.
+  const seen: { name: string; ip: string; healthy: boolean; why: string }[] = [];
+  for (const m of plan.etcdMembers) {
+    let result: (typeof seen)[number] = { name: m.name, ip: m.ip, healthy: false, why: "" };
+    for (let attempt = 1; attempt <= HEALTH_ATTEMPTS; attempt++) {
       try {
         const res = await t.get(`https://${m.ip}:${PORTS.etcdClient}/health`, "etcd", TIMEOUT_MS);
         const healthy = res.status === 200 && /"health"\s*:\s*"?true/.test(res.body);
-        return {
-          name: m.name,
-          ip: m.ip,
+        result = {
+          ...result,
           healthy,
           why: healthy ? "" : `HTTP ${res.status} ${res.body.trim().slice(0, 80)}`,
         };
+        if (healthy) break;
       } catch (error) {
-        return { name: m.name, ip: m.ip, healthy: false, why: reason(error) };
+        // No answer at all is not the flapping above: no second try.
+        result = { ...result, healthy: false, why: reason(error) };
+        break;
       }
-    }),
-  );
+      if (attempt < HEALTH_ATTEMPTS) await new Promise((r) => setTimeout(r, HEALTH_RETRY_MS));
+    }
+    seen.push(result);
+  }
   const healthy = seen.filter((s) => s.healthy);
   let members: EtcdMember[] = [];
   if (healthy.length > 0) {
