@@ -1,3 +1,6 @@
+import { createWriteStream, type WriteStream } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
 import type { Writable } from "node:stream";
 import { CommandFailedError } from "../errors.js";
 import { tail } from "../util/exec.js";
@@ -86,4 +89,20 @@ export class MachineCommandError extends CommandFailedError {
     this.provisioningFailure = opts.provisioningFailure;
     this.logFile = opts.logFile;
   }
+}
+
+/**
+ * The log of one run of a tool on the lab's machines, opened for writing:
+ * <logDir>/<time>-<seq>-<tool>-<label>.log, so that the order of names is the order of runs.
+ */
+export async function openRunLog(
+  logDir: string,
+  seq: number,
+  tool: string,
+  label: string,
+): Promise<{ file: string; log: WriteStream }> {
+  await mkdir(logDir, { recursive: true });
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const file = join(logDir, `${stamp}-${String(seq).padStart(3, "0")}-${tool}-${label}.log`);
+  return { file, log: createWriteStream(file, { mode: 0o644 }) };
 }

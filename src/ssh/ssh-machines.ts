@@ -1,11 +1,16 @@
-import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import type { WriteStream } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
 import { homedir, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Writable } from "node:stream";
 import { CommandFailedError, K8slabError } from "../errors.js";
 import type { Lab, LabNode } from "../lab/schema.js";
-import { MachineCommandError, type MachineStatus, type Machines } from "../machines/machines.js";
+import {
+  MachineCommandError,
+  openRunLog,
+  type MachineStatus,
+  type Machines,
+} from "../machines/machines.js";
 import { VM_PATHS } from "../plan/plan.js";
 import { formatCommand, runAttached, runCommand, type Runner } from "../util/exec.js";
 import { shellQuote } from "../util/quote.js";
@@ -25,6 +30,8 @@ export class SshError extends MachineCommandError {
     this.name = "SshError";
   }
 }
+
+const MISSING_SSH = "install OpenSSH's client (Debian/Ubuntu: apt-get install openssh-client)";
 
 /** What ssh itself says when it cannot connect or log in (it exits 255 then). */
 export const SSH_FAILED = 255;
@@ -142,15 +149,9 @@ export class SshMachines implements Machines {
     ];
   }
 
-  private async openLog(label: string): Promise<{ file: string; log: WriteStream }> {
-    await mkdir(this.options.logDir, { recursive: true });
+  private openLog(label: string): Promise<{ file: string; log: WriteStream }> {
     this.seq += 1;
-    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
-    const file = join(
-      this.options.logDir,
-      `${stamp}-${String(this.seq).padStart(3, "0")}-ssh-${label}.log`,
-    );
-    return { file, log: createWriteStream(file, { mode: 0o644 }) };
+    return openRunLog(this.options.logDir, this.seq, "ssh", label);
   }
 
   /**
@@ -186,7 +187,7 @@ export class SshMachines implements Machines {
           log.write(`${line}\n`);
           if (opts.stream) this.options.onLine?.(`    ${machine}: ${line}`);
         },
-        missingHint: "install OpenSSH's client (Debian/Ubuntu: apt-get install openssh-client)",
+        missingHint: MISSING_SSH,
       });
       return result.stdout;
     } catch (error) {
@@ -386,7 +387,7 @@ export class SshMachines implements Machines {
       env: this.options.env,
       io,
       signal: this.options.signal,
-      missingHint: "install OpenSSH's client (Debian/Ubuntu: apt-get install openssh-client)",
+      missingHint: MISSING_SSH,
       failedHint: "k8slab doctor checks the nodes' SSH logins",
     });
   }

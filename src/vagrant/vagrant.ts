@@ -1,9 +1,6 @@
-import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
 import type { Writable } from "node:stream";
 import { CommandFailedError, K8slabError } from "../errors.js";
-import { MachineCommandError, type Machines } from "../machines/machines.js";
+import { MachineCommandError, openRunLog, type Machines } from "../machines/machines.js";
 import { formatCommand, runAttached, runCommand, type Runner } from "../util/exec.js";
 import {
   errorExit,
@@ -88,14 +85,8 @@ export class Vagrant implements Machines {
     },
   ) {
     const { cwd, logDir } = this.options;
-    await mkdir(logDir, { recursive: true });
     this.seq += 1;
-    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
-    const logFile = join(
-      logDir,
-      `${stamp}-${String(this.seq).padStart(3, "0")}-vagrant-${opts.label}.log`,
-    );
-    const log: WriteStream = createWriteStream(logFile, { mode: 0o644 });
+    const { file: logFile, log } = await openRunLog(logDir, this.seq, "vagrant", opts.label);
     const fullArgs = opts.raw ? args : [...args, "--machine-readable"];
     log.write(`$ ${formatCommand("vagrant", fullArgs)}\n`);
     const runner = this.options.runner ?? runCommand;
