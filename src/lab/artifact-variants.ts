@@ -55,7 +55,10 @@ export function variantFor(
 }
 
 /** Whether a node fetches the artifact: no role filter, or one of its roles. */
-export function nodeFetches(node: Pick<LabNode, "roles">, artifact: LabArtifact): boolean {
+export function nodeFetches(
+  node: Pick<LabNode, "roles">,
+  artifact: Pick<LabArtifact, "roles">,
+): boolean {
   return !artifact.roles || artifact.roles.some((r) => node.roles.includes(r));
 }
 

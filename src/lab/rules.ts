@@ -345,8 +345,9 @@ function checkImageSources(lab: Lab): RuleProblem[] {
     );
   }
   // Programs the control-plane node gets: archive members it installs, binaries by their name.
-  const onMaster = Object.entries(lab.artifacts).filter(
-    ([, a]) => !a.roles || a.roles.includes("control-plane"),
+  const masters = lab.nodes.filter((n) => n.roles.includes("control-plane"));
+  const onMaster = Object.entries(lab.artifacts).filter(([, a]) =>
+    masters.some((n) => nodeFetches(n, a)),
   );
   const programs = onMaster.flatMap(([name, a]) =>
     a.kind === "binary" ? [name] : Object.values(a.install),

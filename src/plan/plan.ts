@@ -202,10 +202,7 @@ export function artifactsFor(node: LabNode, lab: Lab): PlannedArtifact[] {
       },
     ];
   });
-  return [
-    ...files,
-    ...cachedImages(lab).filter((a) => !a.roles || a.roles.some((r) => node.roles.includes(r))),
-  ];
+  return [...files, ...cachedImages(lab).filter((a) => nodeFetches(node, a))];
 }
 
 /** Derive the plan. The lab must already be valid (exactly one control-plane node). */
