@@ -3,13 +3,14 @@ import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, join } from "node:path";
-import { Readable, Transform } from "node:stream";
+import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import pRetry, { AbortError } from "p-retry";
 import { z } from "zod";
 import { K8slabError } from "../errors.js";
 import { writeFileAtomic } from "../lab-dir/files.js";
+import { hashingStream } from "../util/hash-stream.js";
 import { readJsonFile } from "../lab-dir/json-file.js";
 import { labDownloads, type ArtifactDownload } from "../lab/artifact-variants.js";
 import type { Lab } from "../lab/schema.js";
@@ -269,30 +270,24 @@ async function download(
       throw error;
     }
     const total = Number(response.headers.get("content-length")) || undefined;
-    const hash = createHash("sha256");
-    let received = 0;
     let lastReport = 0;
-    const meter = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        resetTimer();
-        hash.update(chunk);
-        received += chunk.length;
-        if (received - lastReport >= 1 << 20 || received === total) {
-          lastReport = received;
-          options.onProgress?.({ name, event: "progress", received, ...(total ? { total } : {}) });
-        }
-        done(null, chunk);
-      },
+    const meter = hashingStream((received) => {
+      resetTimer();
+      if (received - lastReport >= 1 << 20 || received === total) {
+        lastReport = received;
+        options.onProgress?.({ name, event: "progress", received, ...(total ? { total } : {}) });
+      }
     });
     await pipeline(
       Readable.fromWeb(response.body as WebReadableStream),
       meter,
       createWriteStream(tmp),
     );
+    const received = meter.bytes();
     if (total !== undefined && received !== total) {
       throw new Error(`artifact ${name}: received ${received} of ${total} bytes`);
     }
-    return { sha256: hash.digest("hex"), size: received };
+    return { sha256: meter.sha256(), size: received };
   } catch (error) {
     if (error instanceof AbortError) throw error;
     if (controller.signal.aborted && options.signal?.aborted)

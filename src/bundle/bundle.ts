@@ -1,8 +1,8 @@
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join, relative } from "node:path";
-import { Transform, type Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { extract as tarExtract, pack as tarPack, type Pack } from "tar-stream";
 import { z } from "zod";
@@ -19,6 +19,7 @@ import {
 } from "../lab/providers.js";
 import type { Lab } from "../lab/schema.js";
 import { boxFor, cachedImages, imageReference } from "../plan/plan.js";
+import { hashingStream, type HashingStream } from "../util/hash-stream.js";
 import { Vagrant } from "../vagrant/vagrant.js";
 import { findInstalledBox } from "./boxes.js";
 
@@ -105,23 +106,15 @@ interface Source {
   sha256?: string;
 }
 
-/** A stream stage that hashes and counts what passes, reporting progress. */
-function meter(report: (done: number) => void): Transform & { sha256: () => string } {
-  const hash = createHash("sha256");
-  let done = 0;
+/** A stage that hashes and counts what passes, reporting progress every MB. */
+function meter(report: (done: number) => void): HashingStream {
   let last = 0;
-  const t = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      done += chunk.length;
-      if (done - last >= 1 << 20) {
-        last = done;
-        report(done);
-      }
-      callback(null, chunk);
-    },
+  return hashingStream((done) => {
+    if (done - last >= 1 << 20) {
+      last = done;
+      report(done);
+    }
   });
-  return Object.assign(t, { sha256: () => hash.digest("hex") });
 }
 
 /** Add one file to the tar, hashing it on the way; returns its sha256. */

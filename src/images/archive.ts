@@ -1,11 +1,11 @@
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { dirname } from "node:path";
-import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { pack as tarPack } from "tar-stream";
 import { K8slabError } from "../errors.js";
+import { hashingStream } from "../util/hash-stream.js";
 import { blobPath, sizeOf } from "./blobs.js";
 import type { Descriptor } from "./manifest.js";
 
@@ -39,19 +39,8 @@ export async function writeDockerArchive(
   await mkdir(dirname(input.path), { recursive: true });
   const tmp = `${input.path}.${randomBytes(4).toString("hex")}.tmp`;
   const pack = tarPack();
-  const archiveHash = createHash("sha256");
-  let size = 0;
-  const written = pipeline(
-    pack,
-    new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        archiveHash.update(chunk);
-        size += chunk.length;
-        done(null, chunk);
-      },
-    }),
-    createWriteStream(tmp),
-  );
+  const archiveHash = hashingStream();
+  const written = pipeline(pack, archiveHash, createWriteStream(tmp));
   try {
     const blobs = [input.config, ...input.layers];
     const unique = blobs.filter((b, i) => blobs.findIndex((o) => o.digest === b.digest) === i);
@@ -67,7 +56,7 @@ export async function writeDockerArchive(
     pack.finalize();
     await written;
     await rename(tmp, input.path);
-    return { size, sha256: archiveHash.digest("hex") };
+    return { size: archiveHash.bytes(), sha256: archiveHash.sha256() };
   } catch (error) {
     pack.destroy(error as Error);
     await written.catch(() => undefined);
@@ -98,24 +87,15 @@ async function addBlob(
       { hint: "run the pull again" },
     );
   }
-  const hash = createHash("sha256");
+  const hash = hashingStream();
   const entry = pack.entry({
     name: entryName(blob.digest),
     size: blob.size,
     mode: 0o644,
     mtime: MTIME,
   });
-  await pipeline(
-    createReadStream(path),
-    new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        hash.update(chunk);
-        done(null, chunk);
-      },
-    }),
-    entry,
-  );
-  const actual = `sha256:${hash.digest("hex")}`;
+  await pipeline(createReadStream(path), hash, entry);
+  const actual = `sha256:${hash.sha256()}`;
   if (actual !== blob.digest) {
     await rm(path, { force: true });
     throw new K8slabError(
